@@ -1,0 +1,36 @@
+/** What one run of guest bytes is made of, as the qcow2 metadata says; no guest data is read to tell. */
+export type ExtentKind =
+  /** Stored uncompressed in a host file (the image, its external data file or a raw backing file). */
+  | 'data'
+  /** Reads as zeros: a zero flag, a zero subcluster, or past the end of a shorter backing file. */
+  | 'zero'
+  /** Not allocated anywhere in the chain: reads as zeros, and a sparse copy may leave a hole. */
+  | 'unallocated'
+  /** A compressed cluster (zlib or zstd), inflated on read. */
+  | 'compressed';
+
+export interface Extent {
+  /** Guest offset of the run, in bytes. */
+  start: number;
+  length: number;
+  kind: ExtentKind;
+  /** Index of the image in the backing chain that holds the run: 0 = the top image. */
+  depth: number;
+  /** For 'data': where the run starts in its host file (the image, its data file or a raw backing file). */
+  host?: number;
+}
+
+/** A readable view: the active disk, a snapshot's disk, a snapshot's VM state, or a raw backing file. */
+export interface Disk {
+  /** Size in bytes. */
+  readonly size: number;
+  /**
+   * Reads into `into` from `position`; returns the bytes read: `into.length`, short only at the end of
+   * the disk, 0 at or past it. Throws a QcowError for a bad region of the image.
+   */
+  readSync(into: Uint8Array, position: number): number;
+  /** The same read, as a promise (the work is done synchronously on page-cached data; see README). */
+  read(into: Uint8Array, position: number): Promise<number>;
+  /** Runs covering [start, start + length) clipped to the disk, merged where kind and depth agree. */
+  extents(start: number, length: number): Extent[];
+}

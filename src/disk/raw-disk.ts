@@ -1,0 +1,34 @@
+import type { HostFile } from '../io/host-file.js';
+import type { Disk, Extent } from './disk.js';
+import { clampLength } from './qcow2-disk.js';
+
+/** A raw file as a disk (a raw backing file): its bytes, its size. */
+export class RawDisk implements Disk {
+  readonly size: number;
+
+  constructor(
+    readonly file: HostFile,
+    readonly depth: number,
+  ) {
+    this.size = file.size;
+  }
+
+  readSync(into: Uint8Array, position: number): number {
+    const length = clampLength(this.size, into.length, position);
+    if (length > 0) this.file.readAt(into, 0, length, position, 'raw data');
+    return length;
+  }
+
+  read(into: Uint8Array, position: number): Promise<number> {
+    try {
+      return Promise.resolve(this.readSync(into, position));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  extents(start: number, length: number): Extent[] {
+    const n = clampLength(this.size, length, start);
+    return n === 0 ? [] : [{ start, length: n, kind: 'data', depth: this.depth, host: start }];
+  }
+}

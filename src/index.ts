@@ -1,0 +1,12 @@
+export { openImage, openImageSync } from './image.js';
+export type { OpenOptions, QcowImage, BackingLink, ImageFormat } from './image.js';
+export { Snapshot } from './snapshot.js';
+export type { Disk, Extent, ExtentKind } from './disk/disk.js';
+export type { Header, FeatureName, FeatureKind, HeaderExtension, CompressionType, CryptMethod } from './format/header.js';
+export { decodeHeader, KNOWN_FEATURES } from './format/header.js';
+export type { SnapshotEntry, SnapshotExtraData } from './format/snapshot.js';
+export { decodeSnapshotEntry } from './format/snapshot.js';
+export { QcowError } from './errors.js';
+export type { QcowErrorCode } from './errors.js';
+export { SharedCaches, DEFAULT_L2_CACHE_BYTES, DEFAULT_CLUSTER_CACHE_BYTES } from './translate/caches.js';
+export type { CacheOptions } from './translate/caches.js';

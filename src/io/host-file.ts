@@ -1,0 +1,114 @@
+import fs from 'node:fs';
+import { QcowError, hex } from '../errors.js';
+
+/** O_NOATIME keeps a forensic read from touching the image's atime; only the owner (or root) may ask. */
+const NOATIME = fs.constants.O_NOATIME ?? 0;
+
+let nextFileId = 0;
+
+/**
+ * One host file opened read-only (the image, its external data file, or a backing file): positional
+ * reads, bounded by the size it had when opened. A read that comes back short inside that size means
+ * the file changed underneath us, and is reported as EIO rather than served as zeros.
+ */
+export class HostFile {
+  /** Small integer naming this file in shared cache keys. */
+  readonly id = nextFileId++;
+  readonly size: number;
+  readonly mtime: Date;
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    readonly fd: number,
+    stat: fs.Stats,
+  ) {
+    this.size = stat.size;
+    this.mtime = stat.mtime;
+  }
+
+  /** Opens a file read-only. `allowNonRegular` admits block devices (a chain on LVM, say). */
+  static open(path: string, options: { allowNonRegular?: boolean } = {}): HostFile {
+    let fd: number;
+    try {
+      fd = openReadOnly(path);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      const code = e.code === 'ENOENT' ? 'ENOENT' : e.code === 'EACCES' || e.code === 'EPERM' ? 'EACCES' : 'EBADIMAGE';
+      const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' || e.code === 'EPERM' ? 'permission denied' : e.code === 'EISDIR' ? 'is a directory, not an image file' : (e.message ?? String(e));
+      throw new QcowError(code, path, why, { cause: err });
+    }
+    try {
+      const stat = fs.fstatSync(fd);
+      if (stat.isDirectory()) throw new QcowError('EBADIMAGE', path, 'is a directory, not an image file');
+      if (!stat.isFile() && !(options.allowNonRegular && stat.isBlockDevice())) {
+        throw new QcowError('EBADIMAGE', path, 'is not a regular file (pass allowNonRegularFiles to read a block device)');
+      }
+      if (stat.isBlockDevice()) {
+        const size = blockDeviceSize(stat.rdev);
+        return new HostFile(path, fd, Object.assign(stat, { size }));
+      }
+      return new HostFile(path, fd, stat);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  /**
+   * Reads `length` bytes at `position` into `into[offset..]`. Bytes past the end of the file (as sized at
+   * open) read as zeros, as QEMU's file driver does; `what` names the data for the error message.
+   */
+  readAt(into: Uint8Array, offset: number, length: number, position: number, what: string): void {
+    const inFile = Math.max(0, Math.min(length, this.size - position));
+    let done = 0;
+    while (done < inFile) {
+      let n: number;
+      try {
+        n = fs.readSync(this.fd, into, offset + done, inFile - done, position + done);
+      } catch (err) {
+        throw new QcowError('EIO', this.path, `reading ${what} at ${hex(position + done)}: ${(err as Error).message}`, { cause: err });
+      }
+      if (n === 0) {
+        throw new QcowError('EIO', this.path, `${what} at ${hex(position + done)}: the file ends early (was ${this.size} bytes when opened; did it shrink?)`);
+      }
+      done += n;
+    }
+    if (inFile < length) into.fill(0, offset + inFile, offset + length);
+  }
+
+  /** Reads a metadata structure that must lie wholly inside the file. */
+  readExact(position: number, length: number, what: string): Buffer {
+    if (position < 0 || position + length > this.size) {
+      throw new QcowError('EIO', this.path, `${what} at ${hex(position)} (${length} bytes) lies past the end of the file (size ${this.size})`);
+    }
+    const buf = Buffer.allocUnsafe(length);
+    this.readAt(buf, 0, length, position, what);
+    return buf;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    fs.closeSync(this.fd);
+  }
+}
+
+function openReadOnly(path: string): number {
+  if (NOATIME) {
+    try {
+      return fs.openSync(path, fs.constants.O_RDONLY | NOATIME);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
+    }
+  }
+  return fs.openSync(path, fs.constants.O_RDONLY);
+}
+
+/** Size of a block device, from sysfs: its stat says 0. */
+function blockDeviceSize(rdev: number): number {
+  const major = Math.floor(rdev / 256) & 0xfff;
+  const minor = (rdev & 0xff) | ((Math.floor(rdev / 0x100000) & 0xfff00) >>> 0);
+  const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
+  return sectors * 512;
+}

@@ -1,0 +1,37 @@
+import { LRUCache } from 'lru-cache';
+
+export const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
+export const DEFAULT_CLUSTER_CACHE_BYTES = 32 * 1024 * 1024;
+/** One table or cluster is at most 2 MiB; a cache must hold at least one. */
+const MIN_CACHE_BYTES = 2 * 1024 * 1024;
+
+export interface CacheOptions {
+  /** Bytes of L2 tables kept (default 32 MiB: 256 GiB of a 64 KiB-cluster disk). */
+  l2CacheBytes?: number;
+  /** Bytes of decompressed clusters kept (default 32 MiB). */
+  clusterCacheBytes?: number;
+}
+
+/**
+ * The caches every view of one opened image (and its backing chain) shares. Keys combine the host
+ * file's id with the host offset, so snapshots that share L2 tables share cache entries too.
+ */
+export class SharedCaches {
+  readonly l2: LRUCache<number | string, DataView>;
+  readonly clusters: LRUCache<number | string, Buffer>;
+  l2Loads = 0;
+  clusterInflations = 0;
+
+  constructor(options: CacheOptions = {}) {
+    const l2Bytes = Math.max(MIN_CACHE_BYTES, options.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES);
+    const clusterBytes = Math.max(MIN_CACHE_BYTES, options.clusterCacheBytes ?? DEFAULT_CLUSTER_CACHE_BYTES);
+    this.l2 = new LRUCache({ maxSize: l2Bytes, sizeCalculation: (v) => v.byteLength });
+    this.clusters = new LRUCache({ maxSize: clusterBytes, sizeCalculation: (v) => v.byteLength });
+  }
+}
+
+/** A cache key for (file, offset): a plain number while it stays exact, else a string. */
+export function cacheKey(fileId: number, offset: number): number | string {
+  const key = offset * 1024 + (fileId % 1024);
+  return fileId < 1024 && Number.isSafeInteger(key) ? key : `${fileId}:${offset}`;
+}
