@@ -1,0 +1,66 @@
+/**
+ * File names for snapshots, by one deterministic rule (documented in the README):
+ *
+ * 1. A snapshot's stem is its name when the name is usable as a file name: not empty, not `.` or `..`,
+ *    no `/` and no NUL, at most 200 bytes (room for the suffix within NAME_MAX).
+ * 2. A usable name that no other snapshot shares is used as it is: `NAME.raw`, `NAME.vmstate`.
+ * 3. Otherwise (unusable or shared) the stem is `NAME@ID` with the snapshot's unique ID (`@ID` alone
+ *    when the name is unusable), when that ID is itself usable and unique in the table.
+ * 4. Otherwise the stem is `#INDEX` (the entry's position in the table, from 0), with `NAME` before it
+ *    where the name is usable: `NAME#INDEX`.
+ * 5. If a stem made by rules 3-4 still equals another snapshot's stem, `#INDEX` is added until unique.
+ *
+ * So no snapshot is ever hidden and no two snapshots share a file name, and the same table always
+ * gives the same names.
+ */
+export interface NamedSnapshot {
+  index: number;
+  uniqueId: string;
+  name: string;
+}
+
+const MAX_STEM_BYTES = 200;
+
+export function isUsableFileName(s: string): boolean {
+  return s !== '' && s !== '.' && s !== '..' && !s.includes('/') && !s.includes('\0') && Buffer.byteLength(s) <= MAX_STEM_BYTES;
+}
+
+function counts(values: string[]): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const v of values) m.set(v, (m.get(v) ?? 0) + 1);
+  return m;
+}
+
+/** The stem (file name without `.raw` / `.vmstate`) of each snapshot, in table order. */
+export function snapshotStems(snapshots: readonly NamedSnapshot[]): string[] {
+  const nameCount = counts(snapshots.map((s) => s.name));
+  const idCount = counts(snapshots.map((s) => s.uniqueId));
+  const stems = snapshots.map((s) => {
+    const usable = isUsableFileName(s.name);
+    if (usable && nameCount.get(s.name) === 1) return { stem: s.name, derived: false };
+    const prefix = usable ? s.name : '';
+    if (isUsableFileName(s.uniqueId) && idCount.get(s.uniqueId) === 1) return { stem: `${prefix}@${s.uniqueId}`, derived: true };
+    return { stem: `${prefix}#${s.index}`, derived: true };
+  });
+  const taken = new Set(stems.filter((s) => !s.derived).map((s) => s.stem));
+  return stems.map((s, i) => {
+    if (!s.derived) return s.stem;
+    let stem = s.stem;
+    while (taken.has(stem)) stem = `${stem}#${snapshots[i]!.index}`;
+    taken.add(stem);
+    return stem;
+  });
+}
+
+export interface SnapshotFileNames {
+  raw: string;
+  /** Present only where the snapshot saved VM state. */
+  vmstate?: string;
+}
+
+export function snapshotFileNames(snapshots: readonly (NamedSnapshot & { vmStateSize: number })[]): SnapshotFileNames[] {
+  return snapshotStems(snapshots).map((stem, i) => ({
+    raw: `${stem}.raw`,
+    ...(snapshots[i]!.vmStateSize > 0 ? { vmstate: `${stem}.vmstate` } : {}),
+  }));
+}
