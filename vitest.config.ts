@@ -6,6 +6,7 @@ export default defineConfig({
       {
         test: {
           name: 'unit',
+          globalSetup: ['test/support/global-setup.ts'],
           include: ['test/**/*.test.ts'],
           testTimeout: 120_000,
           hookTimeout: 600_000,
@@ -14,6 +15,7 @@ export default defineConfig({
       {
         test: {
           name: 'native',
+          globalSetup: ['test/support/global-setup.ts'],
           include: ['native-test/**/*.test.ts'],
           testTimeout: 180_000,
           hookTimeout: 600_000,
