@@ -1,0 +1,205 @@
+import type { QcowImage, ImageFormat } from '../image.js';
+import type { Snapshot } from '../snapshot.js';
+import type { FeatureName } from '../format/header.js';
+import { EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE, EXT_FEATURE_TABLE } from '../format/header.js';
+import { snapshotFileNames } from '../tree/snapshot-names.js';
+
+/**
+ * A plain, JSON-serialisable description of an opened image: what the mount shows as `info.json` and
+ * what `qcow-info --json` prints. 64-bit counters (feature masks, guest runtime, icount) are decimal
+ * strings; offsets and sizes are numbers (the library checks they are safe integers).
+ */
+export interface ImageInfo {
+  /** Absolute path of the image file. */
+  image: string;
+  /** Size of the image file on the host, in bytes. */
+  fileSize: number;
+  /** The image file's mtime, ISO 8601. */
+  fileMtime: string;
+  format: 'qcow2';
+  version: 2 | 3;
+  virtualSize: number;
+  clusterSize: number;
+  clusterBits: number;
+  compressionType: 'zlib' | 'zstd';
+  refcountOrder: number;
+  /** Bits per refcount entry (2^refcount_order). */
+  refcountBits: number;
+  encryption: 'none' | 'aes' | 'luks';
+  dirty: boolean;
+  corrupt: boolean;
+  extendedL2: boolean;
+  lazyRefcounts: boolean;
+  header: {
+    headerLength: number;
+    backingFileOffset: number;
+    backingFileSize: number;
+    l1Size: number;
+    l1TableOffset: number;
+    refcountTableOffset: number;
+    refcountTableClusters: number;
+    nbSnapshots: number;
+    snapshotsOffset: number;
+    /** Feature masks as decimal strings (64-bit). */
+    incompatibleFeatures: string;
+    compatibleFeatures: string;
+    autoclearFeatures: string;
+  };
+  /** Names of the feature bits that are set, by kind. */
+  features: { incompatible: string[]; compatible: string[]; autoclear: string[] };
+  extensions: {
+    /** Every extension in file order: type as hex, a name where known, where its data is and its length. */
+    list: { type: string; name: string; offset: number; length: number }[];
+    backingFormat: string | null;
+    featureNameTable: FeatureName[];
+    bitmaps: { count: number; directorySize: number; directoryOffset: number } | null;
+    encryptionHeader: { offset: number; length: number } | null;
+    dataFile: string | null;
+  };
+  backingFile: string | null;
+  backingChain: {
+    depth: number;
+    /** The name as the image above wrote it. */
+    name: string;
+    /** The resolved path that was opened. */
+    path: string;
+    format: ImageFormat;
+    formatSource: 'header' | 'probed';
+    size: number;
+  }[];
+  dataFile: { name: string | null; path: string; raw: boolean } | null;
+  snapshots: SnapshotInfo[];
+  /** The file names the mount shows (relative to the mount point). */
+  files: { active: string; info: string; snapshots: string };
+}
+
+export interface SnapshotInfo {
+  index: number;
+  id: string;
+  name: string;
+  /** The snapshot's date, ISO 8601 in UTC, to the millisecond. */
+  date: string;
+  /** Seconds since the epoch and the nanoseconds within the second, as stored. */
+  dateSeconds: number;
+  dateNanoseconds: number;
+  /** Guest runtime when the snapshot was taken (vm_clock_nsec), in nanoseconds, as a decimal string. */
+  vmClockNs: string;
+  /** The same, as QEMU prints it: HH:MM:SS.mmm (hours may exceed 99). */
+  vmClock: string;
+  vmStateSize: number;
+  diskSize: number;
+  /** Instruction count for record/replay, as a decimal string, or null when none was recorded. */
+  icount: string | null;
+  l1Size: number;
+  l1TableOffset: number;
+  extraDataSize: number;
+  /** File names in the mount, relative to the mount point; vmstate only where VM state was saved. */
+  files: { raw: string; vmstate: string | null };
+}
+
+const EXTENSION_NAMES = new Map<number, string>([
+  [EXT_BACKING_FORMAT, 'backing format'],
+  [EXT_FEATURE_TABLE, 'feature name table'],
+  [EXT_BITMAPS, 'bitmaps'],
+  [EXT_CRYPTO, 'full disk encryption header pointer'],
+  [EXT_DATA_FILE, 'external data file name'],
+]);
+
+/** Guest runtime in ns as QEMU's `qemu-img snapshot -l` shows it: HH:MM:SS.mmm. */
+export function formatVmClock(ns: bigint): string {
+  const ms = ns / 1_000_000n;
+  const hours = ms / 3_600_000n;
+  const minutes = (ms / 60_000n) % 60n;
+  const seconds = (ms / 1000n) % 60n;
+  const millis = ms % 1000n;
+  const pad = (v: bigint, n: number) => v.toString().padStart(n, '0');
+  return `${pad(hours, 2)}:${pad(minutes, 2)}:${pad(seconds, 2)}.${pad(millis, 3)}`;
+}
+
+export function describeSnapshots(snapshots: readonly Snapshot[]): SnapshotInfo[] {
+  const names = snapshotFileNames(snapshots);
+  return snapshots.map((s, i) => ({
+    index: s.index,
+    id: s.uniqueId,
+    name: s.name,
+    date: s.date.toISOString(),
+    dateSeconds: s.time.seconds,
+    dateNanoseconds: s.time.nanoseconds,
+    vmClockNs: s.guestRuntime.toString(),
+    vmClock: formatVmClock(s.guestRuntime),
+    vmStateSize: s.vmStateSize,
+    diskSize: s.diskSize,
+    icount: s.extraData.icount === undefined ? null : s.extraData.icount.toString(),
+    l1Size: s.l1Size,
+    l1TableOffset: s.l1TableOffset,
+    extraDataSize: s.extraDataSize,
+    files: { raw: `snapshots/${names[i]!.raw}`, vmstate: names[i]!.vmstate ? `snapshots/${names[i]!.vmstate}` : null },
+  }));
+}
+
+/** Describes an opened image as plain JSON-serialisable data (no bigint, no Date, no class instances). */
+export function describeImage(image: QcowImage): ImageInfo {
+  const h = image.header;
+  return {
+    image: image.path,
+    fileSize: image.fileSize,
+    fileMtime: image.mtime.toISOString(),
+    format: 'qcow2',
+    version: h.version,
+    virtualSize: h.size,
+    clusterSize: h.clusterSize,
+    clusterBits: h.clusterBits,
+    compressionType: h.compressionType,
+    refcountOrder: h.refcountOrder,
+    refcountBits: 2 ** h.refcountOrder,
+    encryption: h.cryptMethod,
+    dirty: h.dirty,
+    corrupt: h.corrupt,
+    extendedL2: h.extendedL2,
+    lazyRefcounts: h.lazyRefcounts,
+    header: {
+      headerLength: h.headerLength,
+      backingFileOffset: h.backingFileOffset,
+      backingFileSize: h.backingFileSize,
+      l1Size: h.l1Size,
+      l1TableOffset: h.l1TableOffset,
+      refcountTableOffset: h.refcountTableOffset,
+      refcountTableClusters: h.refcountTableClusters,
+      nbSnapshots: h.nbSnapshots,
+      snapshotsOffset: h.snapshotsOffset,
+      incompatibleFeatures: h.incompatibleFeatures.toString(),
+      compatibleFeatures: h.compatibleFeatures.toString(),
+      autoclearFeatures: h.autoclearFeatures.toString(),
+    },
+    features: {
+      incompatible: [...h.features.incompatible],
+      compatible: [...h.features.compatible],
+      autoclear: [...h.features.autoclear],
+    },
+    extensions: {
+      list: h.extensions.map((e) => ({
+        type: `0x${e.type.toString(16).padStart(8, '0')}`,
+        name: EXTENSION_NAMES.get(e.type) ?? 'unknown',
+        offset: e.offset,
+        length: e.length,
+      })),
+      backingFormat: h.backingFormat ?? null,
+      featureNameTable: h.featureNameTable.map((f) => ({ ...f })),
+      bitmaps: h.bitmaps ? { ...h.bitmaps } : null,
+      encryptionHeader: h.encryption ? { ...h.encryption } : null,
+      dataFile: h.dataFile ?? null,
+    },
+    backingFile: h.backingFile ?? null,
+    backingChain: image.backingChain.map((l) => ({
+      depth: l.depth,
+      name: l.name,
+      path: l.path,
+      format: l.format,
+      formatSource: l.formatSource,
+      size: l.size,
+    })),
+    dataFile: image.dataFilePath ? { name: h.dataFile ?? null, path: image.dataFilePath, raw: h.dataFileRaw } : null,
+    snapshots: describeSnapshots(image.snapshots),
+    files: { active: 'active.raw', info: 'info.json', snapshots: 'snapshots/' },
+  };
+}
