@@ -1,0 +1,115 @@
+#!/usr/bin/env node
+/**
+ * qcow-export IMAGE OUTPUT: writes one view of a qcow2 image (the active disk, a snapshot's disk, or a
+ * snapshot's VM state) as a raw file, sparse, with an optional digest and a progress bar on a terminal.
+ */
+import { createHash, getHashes } from 'node:crypto';
+import { Command, Option } from 'commander';
+import { openImage } from '../image.js';
+import { CliError, EXIT, configureProgram, runMain } from './common.js';
+import { ExportError, exportToPath } from '../export/export-to-path.js';
+import { selectView } from '../export/select-view.js';
+import { startProgress } from '../export/progress.js';
+import { QcowError } from '../errors.js';
+
+const PROG = 'qcow-export';
+const HASHES = ['sha256', 'sha1', 'md5', 'sha512'] as const;
+
+interface Options {
+  snapshot?: string;
+  vmstate?: boolean;
+  force?: boolean;
+  hash?: (typeof HASHES)[number];
+  quiet?: boolean;
+}
+
+function buildProgram(): Command {
+  const program = configureProgram(
+    new Command(),
+    PROG,
+    'Write one view of a qcow2 image as a raw file: the active disk (default), an internal snapshot\'s disk, or a snapshot\'s saved VM state. The file is sparse: zero and unallocated runs (and all-zero 4 KiB blocks) become holes. The bytes equal `qemu-img convert -O raw` (for a snapshot: after `qemu-img snapshot -a`).',
+  );
+  return program
+    .argument('<image>', 'the qcow2 image (opened read-only; its backing chain is followed)')
+    .argument('<output>', 'the raw file to write, or - for standard output (then zeros are written, not holes)')
+    .option('-s, --snapshot <name>', 'export this internal snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
+    .option('--vmstate', "with --snapshot: export the snapshot's saved VM state (QEMU's migration stream) instead of its disk")
+    .option('-f, --force', 'replace OUTPUT if it exists (atomically: the old file stays until the new one is complete)')
+    .addOption(new Option('--hash <algorithm>', "print the view's digest as `HEX  OUTPUT` (on standard error when OUTPUT is -)").choices(HASHES))
+    .option('-q, --quiet', 'no progress bar (there is none anyway when standard error is not a terminal)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ qcow-export disk.qcow2 disk.raw
+  $ qcow-export disk.qcow2 before.raw --snapshot before-upgrade --hash sha256
+  $ qcow-export disk.qcow2 vm.state --snapshot 1 --vmstate
+  $ qcow-export disk.qcow2 - | gzip > disk.raw.gz
+
+Exit codes:
+  0 success; 1 usage error; 2 the image cannot be read (missing, not qcow2, corrupt, unsupported,
+  unknown snapshot); 5 the output cannot be written (exists without --force, disk full, ...);
+  70 internal error. On any failure no output file is left behind.`,
+    );
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  program.exitOverride();
+  try {
+    program.parse(argv);
+  } catch (err) {
+    const e = err as { exitCode?: number; code?: string };
+    // --help and --version exit 0; commander has printed the usage error already.
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.OK;
+    return EXIT.USAGE;
+  }
+  const [imagePath, output] = program.args as [string, string];
+  const opts = program.opts<Options>();
+  if (opts.vmstate && opts.snapshot === undefined) throw new CliError('--vmstate needs --snapshot NAME (VM state belongs to a snapshot)', EXIT.USAGE);
+  if (opts.hash && !getHashes().includes(opts.hash)) throw new CliError(`this Node.js has no ${opts.hash} digest`, EXIT.USAGE);
+
+  const image = await openImage(imagePath);
+  try {
+    const view = selectView(image, opts);
+    const hash = opts.hash ? createHash(opts.hash) : undefined;
+    const toStdout = output === '-';
+    const progress = opts.quiet ? undefined : startProgress(view.disk.size, `${view.fileName}`);
+    const abort = new AbortController();
+    const onSignal = (sig: NodeJS.Signals) => abort.abort(new CliError(`interrupted by ${sig}; nothing was written`, EXIT.OUTPUT));
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    process.once('SIGHUP', onSignal);
+    try {
+      await exportToPath(view.disk, output, {
+        force: opts.force,
+        hash,
+        signal: abort.signal,
+        onProgress: progress?.update,
+        protect: [image.path, ...image.backingChain.map((l) => l.path), ...(image.dataFilePath ? [image.dataFilePath] : [])],
+      });
+      progress?.stop(true);
+    } catch (err) {
+      progress?.stop(false);
+      if (err instanceof ExportError) throw new CliError(err.message, EXIT.OUTPUT);
+      if (err instanceof QcowError || err instanceof CliError) throw err;
+      const e = err as NodeJS.ErrnoException;
+      if (e.syscall && toStdout) throw new CliError(`standard output: ${e.code === 'EPIPE' ? 'broken pipe (the reader went away)' : e.message}`, EXIT.OUTPUT);
+      throw err;
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      process.off('SIGHUP', onSignal);
+    }
+    if (hash) {
+      const line = `${hash.digest('hex')}  ${toStdout ? view.fileName : output}\n`;
+      if (toStdout) process.stderr.write(line);
+      else process.stdout.write(line);
+    }
+    return EXIT.OK;
+  } finally {
+    image.close();
+  }
+}
+
+runMain(PROG, () => main(process.argv));

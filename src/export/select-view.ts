@@ -1,0 +1,50 @@
+import type { Disk } from '../disk/disk.js';
+import { QcowError } from '../errors.js';
+import type { QcowImage } from '../image.js';
+import type { Snapshot } from '../snapshot.js';
+import { snapshotStems } from '../tree/snapshot-names.js';
+
+export interface SelectedView {
+  disk: Disk;
+  /** The file the mount shows for this view: `active.raw`, `snapshots/NAME.raw`, `snapshots/NAME.vmstate`. */
+  fileName: string;
+  /** Words for messages: `the active disk`, `snapshot "NAME" (id 1)`, `the VM state of snapshot ...`. */
+  label: string;
+  snapshot?: Snapshot;
+}
+
+/**
+ * Finds a snapshot the way `qemu-img snapshot -a` does (unique ID first, then name), and failing that by
+ * the file stem the mount shows for it (`NAME@ID`, `#INDEX`...), so that snapshots with shared or unusable
+ * names can be named too.
+ */
+export function findSnapshot(image: QcowImage, idOrName: string): Snapshot | undefined {
+  const found = image.findSnapshot(idOrName);
+  if (found) return found;
+  const stems = snapshotStems(image.snapshots);
+  const bare = idOrName.replace(/^snapshots\//, '').replace(/\.(raw|vmstate)$/, '');
+  const i = stems.indexOf(bare);
+  return i >= 0 ? image.snapshots[i] : undefined;
+}
+
+/** The view `qcow-export` writes: the active disk, a snapshot's disk, or a snapshot's VM state. */
+export function selectView(image: QcowImage, options: { snapshot?: string; vmstate?: boolean }): SelectedView {
+  if (options.snapshot === undefined) {
+    if (options.vmstate) throw new QcowError('EINVAL', image.path, '--vmstate needs --snapshot NAME (VM state belongs to a snapshot)');
+    return { disk: image.active, fileName: 'active.raw', label: 'the active disk' };
+  }
+  const s = findSnapshot(image, options.snapshot);
+  if (!s) {
+    const known = image.snapshots.map((x) => `${x.uniqueId} "${x.name}"`);
+    const list = known.length === 0 ? 'it has no snapshots' : `it has ${known.length > 8 ? `${known.slice(0, 8).join(', ')}, ...` : known.join(', ')}`;
+    throw new QcowError('ENOENT', image.path, `no snapshot with ID or name "${options.snapshot}" (${list})`);
+  }
+  const stem = snapshotStems(image.snapshots)[image.snapshots.indexOf(s)]!;
+  const label = `snapshot "${s.name}" (id ${s.uniqueId})`;
+  if (options.vmstate) {
+    const disk = image.vmState(s);
+    if (!disk) throw new QcowError('ENOENT', image.path, `${label} has no saved VM state (vm_state_size is 0)`);
+    return { disk, fileName: `snapshots/${stem}.vmstate`, label: `the VM state of ${label}`, snapshot: s };
+  }
+  return { disk: image.snapshotDisk(s), fileName: `snapshots/${stem}.raw`, label, snapshot: s };
+}
