@@ -300,6 +300,16 @@ describe('feature bits', () => {
     ]);
   });
 
+  it('reads the whole entries of a feature name table whose length is not a multiple of 48', () => {
+    // QEMU reads the table as it is (qcow2_read_extensions never checks its length): the image opens.
+    const table = extFeatureTable([{ type: 1, bit: 2, name: 'whole entry' }]);
+    const data = Buffer.concat([table.data, Buffer.from([0, 3, 0x41, 0x42, 0])]);
+    const h = decode({ compatibleFeatures: 4n }, { extensions: [{ type: EXT.featureTable, data }] });
+    expect(h.featureNameTable).toEqual([{ kind: 'compatible', bit: 2, name: 'whole entry' }]);
+    expect(h.features.compatible).toEqual(['whole entry']);
+    expect(h.extensions).toEqual([{ type: EXT.featureTable, offset: 112, length: 53 }]);
+  });
+
   it('accepts unknown compatible and autoclear bits, naming them', () => {
     const h = decode({ compatibleFeatures: 1n << 40n, autoclearFeatures: 1n << 63n });
     expect(h.features.compatible).toEqual(['unknown compatible bit 40']);

@@ -288,8 +288,8 @@ function decodeExtensions(be: BigEndian, header: Header, file: string, end: numb
         header.backingFormat = be.text(data, length);
         break;
       case EXT_FEATURE_TABLE: {
-        if (length % 48 !== 0) bad(`feature name table length ${length} is not a multiple of 48`);
-        for (let e = data; e < data + length; e += 48) {
+        // QEMU does not check the length either: a trailing partial entry is ignored, not refused.
+        for (let e = data; e + 48 <= data + length; e += 48) {
           const kindCode = be.u8(e);
           const kind = (['incompatible', 'compatible', 'autoclear'] as const)[kindCode];
           if (!kind) continue; // unknown kinds are for newer readers; they say nothing to us
