@@ -1,0 +1,275 @@
+#!/usr/bin/env node
+/**
+ * qcow-mount [options] IMAGE MOUNTPOINT   mount a qcow2 image read-only (background daemon)
+ * qcow-mount -u [-z] MOUNTPOINT           unmount it and wait for the daemon to exit
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Command, Option } from 'commander';
+import { openImageSync } from '../image.js';
+import { CliError, EXIT, type ExitCode, configureProgram, errorMessage, exitCodeFor, parseSize, printError } from './common.js';
+import { type DaemonConfig, runDaemon, stderrLogger } from '../mount/daemon.js';
+import { FUSE_SUBTYPE } from '../mount/fuse-adapter.js';
+import { type MountOptions, parseMountOptions } from '../mount/options.js';
+import { mountProblem } from '../mount/preflight.js';
+import { defaultLogPath, ensureStateDir, findMount, pidFilePath, resolveMountPoint, stateDir, unmountSync } from '../mount/system.js';
+import { unmountMountPoint } from '../mount/unmount.js';
+
+const PROG = 'qcow-mount';
+/** Longest wait for the background daemon to report that the mount answers. */
+const READY_TIMEOUT_MS = 60_000;
+
+interface CliOptions {
+  foreground?: boolean;
+  debug?: boolean;
+  log?: string;
+  o?: string[];
+  l2Cache?: string;
+  clusterCache?: string;
+  unmount?: boolean;
+  lazy?: boolean;
+  daemonChild?: boolean;
+}
+
+const HELP_AFTER = `
+Files in the mount (all read-only; files 0444, folders 0555):
+  active.raw                 the disk as it is now, merged with its backing chain
+  info.json                  header, features, backing chain, snapshots and their file names
+  snapshots/NAME.raw         the disk as it was at each internal snapshot (its own size)
+  snapshots/NAME.vmstate     the VM state a snapshot saved, where it saved one
+  Where a snapshot name is empty, unusable as a file name or shared, the file is NAME@ID (or @ID),
+  else NAME#INDEX; info.json maps every snapshot to its files.
+
+Mount options (-o, comma-separated; several -o add up):
+  allow_other                let other users see the mount (needs user_allow_other in /etc/fuse.conf)
+  uid=N, gid=N               owner shown for every file (default: you)
+  ro                         accepted; the mount is always read-only
+  l2_cache_size=SIZE         L2 table cache (default 32M); K, M, G suffixes
+  cluster_cache_size=SIZE    decompressed cluster cache (default 32M)
+
+The daemon's log (background mode) defaults to STATE/<key>.log and its pid file is STATE/<key>.pid,
+where STATE is $QCOW_MOUNT_STATE_DIR, else $XDG_RUNTIME_DIR/qcow-mount, else /tmp/qcow-mount-<uid>,
+and <key> is the first 16 hex digits of the SHA-256 of the resolved mount point path.
+
+Exit codes: 0 ok, 1 usage, 2 image cannot be used, 3 mount failed, 4 unmount failed, 70 internal error.
+
+Examples:
+  qcow-mount disk.qcow2 /mnt/x && ls -l /mnt/x /mnt/x/snapshots
+  mount -o loop,ro /mnt/x/snapshots/before-upgrade.raw /mnt/guest
+  qcow-mount -u /mnt/x
+`;
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
+}
+
+function buildProgram(): Command {
+  const program = configureProgram(new Command(), PROG, 'Mount a QEMU qcow2 image read-only with FUSE: the active disk, each internal snapshot and its VM state as raw files.')
+    .usage('[options] IMAGE MOUNTPOINT\n       qcow-mount -u [-z] MOUNTPOINT')
+    .argument('[IMAGE]', 'the qcow2 image')
+    .argument('[MOUNTPOINT]', 'an empty folder to mount on')
+    .option('-f, --foreground', 'stay attached; log to stderr; Ctrl-C unmounts')
+    .option('-d, --debug', 'log every FUSE request (to stderr with -f, else to the log file)')
+    .option('--log <FILE>', 'log file of the background daemon (default: see below)')
+    .option('-o <OPTIONS>', 'mount options, comma-separated (see below)', collect)
+    .option('--l2-cache <SIZE>', 'L2 table cache size, same as -o l2_cache_size=SIZE')
+    .option('--cluster-cache <SIZE>', 'decompressed cluster cache size, same as -o cluster_cache_size=SIZE')
+    .option('-u, --unmount', 'unmount MOUNTPOINT and wait for its daemon to exit')
+    .option('-z, --lazy', 'with -u: detach a busy mount now; the daemon exits when its last open file closes')
+    .addOption(new Option('--daemon-child', 'internal: run as the background daemon').hideHelp())
+    .addHelpText('after', HELP_AFTER)
+    .allowExcessArguments(false);
+  return program;
+}
+
+function mountOptionsFrom(opts: CliOptions): MountOptions {
+  const options = parseMountOptions(opts.o ?? []);
+  if (opts.l2Cache !== undefined) options.l2CacheBytes = parseSize(opts.l2Cache, '--l2-cache');
+  if (opts.clusterCache !== undefined) options.clusterCacheBytes = parseSize(opts.clusterCache, '--cluster-cache');
+  return options;
+}
+
+/** The -o list that gives the same options to the background child. */
+function serialiseOptions(o: MountOptions): string {
+  const parts: string[] = [];
+  if (o.allowOther) parts.push('allow_other');
+  if (o.uid !== undefined) parts.push(`uid=${o.uid}`);
+  if (o.gid !== undefined) parts.push(`gid=${o.gid}`);
+  if (o.l2CacheBytes !== undefined) parts.push(`l2_cache_size=${o.l2CacheBytes}`);
+  if (o.clusterCacheBytes !== undefined) parts.push(`cluster_cache_size=${o.clusterCacheBytes}`);
+  return parts.join(',');
+}
+
+/** Refuses a bad image before anything is spawned or mounted (exit 2). */
+function checkImage(image: string, options: MountOptions): void {
+  const opened = openImageSync(image, { l2CacheBytes: options.l2CacheBytes, clusterCacheBytes: options.clusterCacheBytes });
+  opened.close();
+}
+
+function daemonConfig(image: string, mountPoint: string, options: MountOptions, opts: CliOptions, logPath: string | null): DaemonConfig {
+  return { image: path.resolve(image), mountPoint: resolveMountPoint(mountPoint), options, debug: !!opts.debug, logPath };
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  program.parse(argv);
+  const opts = program.opts<CliOptions>();
+  const args = program.args;
+
+  if (opts.unmount) {
+    if (args.length !== 1) throw new CliError('-u needs exactly one argument: the mount point', EXIT.USAGE);
+    const outcome = await unmountMountPoint(args[0]!, !!opts.lazy);
+    if (outcome.note) process.stderr.write(`${PROG}: ${outcome.note}\n`);
+    return EXIT.OK;
+  }
+  if (opts.lazy) throw new CliError('-z/--lazy only goes with -u', EXIT.USAGE);
+  if (args.length !== 2) throw new CliError(`expected IMAGE and MOUNTPOINT (got ${args.length} argument${args.length === 1 ? '' : 's'}); see --help`, EXIT.USAGE);
+  const [image, mountPointArg] = args as [string, string];
+  const options = mountOptionsFrom(opts);
+
+  if (opts.daemonChild) return runChild(daemonConfig(image, mountPointArg, options, opts, opts.log ?? null));
+
+  checkImage(image, options);
+  const problem = mountProblem(mountPointArg);
+  if (problem) throw new CliError(problem, EXIT.MOUNT);
+
+  if (opts.foreground) return runForeground(daemonConfig(image, mountPointArg, options, opts, null));
+  return runBackground(image, mountPointArg, options, opts);
+}
+
+/** -f: serve in this process until unmounted or interrupted. */
+function runForeground(config: DaemonConfig): Promise<number> {
+  const logger = stderrLogger();
+  return new Promise((resolve) => {
+    void runDaemon(
+      config,
+      {
+        ready: () => logger.log(`mounted ${config.image} at ${config.mountPoint}; Ctrl-C (or qcow-mount -u) unmounts`),
+        failed: (message, code) => {
+          printError(PROG, message);
+          resolve(code);
+        },
+      },
+      logger,
+    );
+    // On success the daemon exits the process itself when unmounted.
+  });
+}
+
+/** The background child: same as the foreground, reporting to the parent over the IPC channel. */
+function runChild(config: DaemonConfig): Promise<number> {
+  return new Promise((resolve) => {
+    void runDaemon(config, {
+      ready: (info) => {
+        process.send?.({ type: 'ready', pid: info.pid }, () => process.disconnect?.());
+      },
+      failed: (message, code) => {
+        process.stderr.write(`${new Date().toISOString()} ${PROG}[${process.pid}]: ${message}\n`);
+        if (process.send) process.send({ type: 'failed', message, code }, () => resolve(code));
+        else resolve(code);
+      },
+    });
+  });
+}
+
+type ChildMessage = { type: 'ready'; pid: number } | { type: 'failed'; message: string; code: ExitCode };
+
+/** Starts the detached daemon and waits until its mount answers (or it failed). */
+async function runBackground(image: string, mountPointArg: string, options: MountOptions, opts: CliOptions): Promise<number> {
+  const mountPoint = resolveMountPoint(mountPointArg);
+  let logPath: string;
+  if (opts.log) logPath = path.resolve(opts.log);
+  else logPath = defaultLogPath(mountPoint, ensureStateDir());
+  let logFd: number;
+  try {
+    logFd = fs.openSync(logPath, 'a', 0o600);
+  } catch (err) {
+    throw new CliError(`cannot open the log file: ${errorMessage(err)}`, EXIT.MOUNT);
+  }
+
+  const script = fileURLToPath(import.meta.url);
+  const childArgs = [...process.execArgv, script, '--daemon-child', '--log', logPath];
+  if (opts.debug) childArgs.push('--debug');
+  const o = serialiseOptions(options);
+  if (o) childArgs.push('-o', o);
+  childArgs.push('--', path.resolve(image), mountPoint);
+
+  let child: ChildProcess;
+  try {
+    child = spawn(process.execPath, childArgs, { detached: true, stdio: ['ignore', logFd, logFd, 'ipc'], cwd: '/' });
+  } finally {
+    fs.closeSync(logFd);
+  }
+
+  const outcome = await new Promise<ChildMessage | { type: 'exit'; code: number | null; signal: string | null } | { type: 'timeout' }>((resolve) => {
+    const timer = setTimeout(() => resolve({ type: 'timeout' }), READY_TIMEOUT_MS);
+    child.on('message', (m: ChildMessage) => {
+      clearTimeout(timer);
+      resolve(m);
+    });
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ type: 'exit', code, signal });
+    });
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      resolve({ type: 'failed', message: `cannot start the daemon: ${err.message}`, code: EXIT.MOUNT });
+    });
+  });
+
+  const cleanUp = () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    const left = findMount(mountPoint);
+    if (left && left.fsType.endsWith(FUSE_SUBTYPE)) unmountSync(mountPoint, true);
+  };
+
+  if (outcome.type === 'ready') {
+    // The daemon says the kernel connected; check that the mount answers from another process.
+    try {
+      fs.statSync(path.join(mountPoint, 'info.json'));
+    } catch (err) {
+      cleanUp();
+      throw new CliError(`${mountPointArg}: the mount does not answer (${errorMessage(err)}); see ${logPath}`, EXIT.MOUNT);
+    }
+    if (child.connected) child.disconnect();
+    child.unref();
+    return EXIT.OK;
+  }
+  if (outcome.type === 'failed') {
+    await new Promise<void>((r) => {
+      if (child.exitCode !== null || child.signalCode !== null) return r();
+      const t = setTimeout(r, 3000);
+      child.once('exit', () => {
+        clearTimeout(t);
+        r();
+      });
+    });
+    cleanUp();
+    throw new CliError(outcome.message, outcome.code);
+  }
+  cleanUp();
+  if (outcome.type === 'timeout') throw new CliError(`${mountPointArg}: the daemon did not report ready within ${READY_TIMEOUT_MS / 1000} s; see ${logPath}`, EXIT.MOUNT);
+  const how = outcome.signal ? `was killed by ${outcome.signal}` : `exited with code ${outcome.code}`;
+  throw new CliError(`the daemon ${how} before the mount was ready; see ${logPath}`, EXIT.MOUNT);
+}
+
+/** Exported for tests: where pid files and default logs live. */
+export { stateDir, pidFilePath };
+
+const isMain = process.argv[1] !== undefined && fs.realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
+if (isMain) {
+  main(process.argv).then(
+    (code) => {
+      // A successful foreground or child run never gets here before the daemon exits the process.
+      process.exitCode = code;
+      if (code !== EXIT.OK) setImmediate(() => process.exit(code));
+    },
+    (err: unknown) => {
+      printError(PROG, err);
+      if (process.env.QCOW_MOUNT_DEBUG_ERRORS && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
+      process.exit(exitCodeFor(err, EXIT.INTERNAL));
+    },
+  );
+}

@@ -1,0 +1,177 @@
+import { openImageSync } from '../image.js';
+import type { QcowImage } from '../image.js';
+import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../cli/common.js';
+import { FUSE_SUBTYPE, mountFuse } from './fuse-adapter.js';
+import { type Logger, createFuseOps } from './fuse-ops.js';
+import type { MountOptions } from './options.js';
+import { mountProblem } from './preflight.js';
+import {
+  type MountEntry,
+  ensureStateDir,
+  findMount,
+  fuseDeviceFds,
+  pidFilePath,
+  readMountInfo,
+  removeOwnPidFile,
+  unmountAsync,
+  writePidFile,
+} from './system.js';
+import { buildMountTree } from './tree.js';
+
+export interface DaemonConfig {
+  /** The image path (absolute). */
+  image: string;
+  /** The mount point as resolved (absolute). */
+  mountPoint: string;
+  options: MountOptions;
+  /** Log every FUSE request. */
+  debug: boolean;
+  /** Where the log goes, for the pid file (null: stderr of a foreground run). */
+  logPath: string | null;
+}
+
+export interface DaemonHooks {
+  /** The mount answers requests. */
+  ready(info: { pid: number; mountPoint: string }): void;
+  /** Failed before ready: nothing is mounted and the caller should exit with `code`. */
+  failed(message: string, code: ExitCode): void;
+}
+
+/** How often the daemon checks that its mount and its FUSE session are still there. */
+const WATCH_INTERVAL_MS = 250;
+
+export function stderrLogger(): Logger {
+  return {
+    log(line: string) {
+      process.stderr.write(`${new Date().toISOString()} qcow-mount[${process.pid}]: ${line}\n`);
+    },
+  };
+}
+
+/**
+ * Serves an image at a mount point until it is unmounted (by qcow-mount -u, fusermount -u, umount) or
+ * the process gets SIGINT, SIGTERM or SIGHUP; then exits the process. Used both in the foreground and
+ * by the background child.
+ */
+export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger: Logger = stderrLogger()): Promise<void> {
+  let image: QcowImage;
+  try {
+    image = openImageSync(config.image, {
+      l2CacheBytes: config.options.l2CacheBytes,
+      clusterCacheBytes: config.options.clusterCacheBytes,
+    });
+  } catch (err) {
+    hooks.failed(errorMessage(err), exitCodeFor(err, EXIT.IMAGE));
+    return;
+  }
+  const problem = mountProblem(config.mountPoint);
+  if (problem) {
+    image.close();
+    hooks.failed(problem, EXIT.MOUNT);
+    return;
+  }
+
+  const tree = buildMountTree(image);
+  const uid = config.options.uid ?? process.getuid?.() ?? 0;
+  const gid = config.options.gid ?? process.getgid?.() ?? 0;
+  const ops = createFuseOps(tree, { uid, gid, debug: config.debug, logger });
+  const fdsBefore = new Set(fuseDeviceFds());
+
+  let optionString: string;
+  try {
+    ({ optionString } = await mountFuse(config.mountPoint, ops, { allowOther: config.options.allowOther, fsname: config.image }));
+  } catch (err) {
+    // A mount that half-happened (kernel mounted, INIT never came) must not stay behind.
+    const stale = findMount(config.mountPoint);
+    if (stale && stale.fsType.endsWith(FUSE_SUBTYPE)) {
+      await unmountAsync(config.mountPoint, true);
+    }
+    image.close();
+    hooks.failed(`${config.mountPoint}: mount failed: ${errorMessage(err)}`, EXIT.MOUNT);
+    return;
+  }
+
+  const entry: MountEntry | undefined = findMount(config.mountPoint);
+  const sessionFds = fuseDeviceFds().filter((fd) => !fdsBefore.has(fd));
+  let pidFile: string | undefined;
+  try {
+    pidFile = pidFilePath(config.mountPoint, ensureStateDir());
+    writePidFile(pidFile, { mountPoint: config.mountPoint, image: image.path, log: config.logPath, started: new Date().toISOString() });
+  } catch (err) {
+    logger.log(`warning: cannot write the pid file (${errorMessage(err)}); qcow-mount -u will still unmount, but cannot wait for this daemon`);
+    pidFile = undefined;
+  }
+
+  logger.log(
+    `serving ${image.path} at ${config.mountPoint}: ${tree.files().length} files (${image.snapshots.length} snapshots); ` +
+      `owner ${uid}:${gid}; fuse options ${optionString}; pid ${process.pid}${pidFile ? `, pid file ${pidFile}` : ''}`,
+  );
+
+  let stopping = false;
+  let detachedLogged = false;
+  const finish = (code: number, why: string): never => {
+    logger.log(`${why}; exiting (${ops.failedReads()} failed reads)`);
+    if (pidFile) removeOwnPidFile(pidFile);
+    try {
+      image.close();
+    } catch {
+      // exiting anyway
+    }
+    process.exit(code);
+  };
+
+  const mountedNow = () => {
+    const now = findMount(config.mountPoint, readMountInfo());
+    return now !== undefined && (entry === undefined || now.id === entry.id);
+  };
+  const sessionOpen = () => {
+    if (sessionFds.length === 0) return mountedNow();
+    const open = new Set(fuseDeviceFds());
+    return sessionFds.some((fd) => open.has(fd));
+  };
+
+  const stop = async (why: string) => {
+    if (stopping) {
+      logger.log(`${why} again: exiting now`);
+      finish(0, 'stopped');
+    }
+    stopping = true;
+    logger.log(`${why}: unmounting ${config.mountPoint}`);
+    if (mountedNow()) {
+      let result = await unmountAsync(config.mountPoint, false);
+      if (!result.ok && mountedNow()) {
+        logger.log(`unmount: ${result.message}${result.busy ? ' (busy: detaching lazily)' : ''}`);
+        result = await unmountAsync(config.mountPoint, true);
+        if (!result.ok && mountedNow()) logger.log(`lazy unmount failed too: ${result.message}`);
+      }
+    }
+    // Give the FUSE thread a moment to see the session end, then go: exiting closes /dev/fuse anyway.
+    const deadline = Date.now() + 2000;
+    while (sessionOpen() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    finish(0, 'unmounted');
+  };
+
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => void stop(`got ${sig}`));
+
+  process.on('uncaughtException', (err) => {
+    logger.log(`internal error: ${err.stack ?? err.message}`);
+    void unmountAsync(config.mountPoint, true).finally(() => finish(EXIT.INTERNAL, 'internal error'));
+  });
+
+  // Unmounted from outside (fusermount -u, umount): the kernel ends the session and libfuse closes its
+  // /dev/fuse descriptor. A lazy unmount detaches the mount first and ends the session when the last
+  // open file is closed; the daemon keeps serving those files until then.
+  const watch = setInterval(() => {
+    if (stopping) return;
+    if (!sessionOpen()) {
+      clearInterval(watch);
+      finish(0, `${config.mountPoint} was unmounted`);
+    }
+    if (!detachedLogged && !mountedNow()) {
+      detachedLogged = true;
+      logger.log(`${config.mountPoint} was detached (lazy unmount?); serving files still open until they are closed`);
+    }
+  }, WATCH_INTERVAL_MS);
+
+  hooks.ready({ pid: process.pid, mountPoint: config.mountPoint });
+}

@@ -1,0 +1,44 @@
+import fs from 'node:fs';
+import { findMount, fuseDeviceProblem, resolveMountPoint } from './system.js';
+
+/**
+ * Checks a mount point before anything is mounted: it exists, is a folder, is empty, is not already
+ * a mount point, and we may mount on it. Returns the one-line problem, or undefined when it is fine.
+ * `display` is the path as the user wrote it.
+ */
+export function mountPointProblem(display: string): string | undefined {
+  const resolved = resolveMountPoint(display);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(resolved);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return `${display}: mount point does not exist`;
+    if (code === 'ENOTCONN') return `${display}: a dead FUSE mount is there (its daemon is gone); clear it with qcow-mount -u ${display}`;
+    if (code === 'EACCES') return `${display}: permission denied`;
+    return `${display}: ${(err as Error).message}`;
+  }
+  if (!st.isDirectory()) return `${display}: mount point is not a folder`;
+  const mounted = findMount(resolved);
+  if (mounted) return `${display}: already a mount point (${mounted.fsType} from ${mounted.source}); unmount it first or choose another folder`;
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(resolved);
+  } catch (err) {
+    return `${display}: cannot list the mount point (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`;
+  }
+  if (entries.length > 0) return `${display}: mount point is not empty (${entries.length} entr${entries.length === 1 ? 'y' : 'ies'}); mount on an empty folder`;
+  if (process.getuid?.() !== 0) {
+    try {
+      fs.accessSync(resolved, fs.constants.W_OK);
+    } catch {
+      return `${display}: you need write permission on the mount point to mount there`;
+    }
+  }
+  return undefined;
+}
+
+/** Everything checked before mounting, besides the image: the mount point and /dev/fuse. */
+export function mountProblem(display: string): string | undefined {
+  return mountPointProblem(display) ?? fuseDeviceProblem();
+}

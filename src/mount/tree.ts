@@ -1,0 +1,113 @@
+import type { Disk } from '../disk/disk.js';
+import type { QcowImage } from '../image.js';
+import { describeImage } from '../info/describe.js';
+import { snapshotFileNames } from '../tree/snapshot-names.js';
+
+/**
+ * The file tree a mount shows, built once from an opened image (the image is immutable while mounted):
+ *
+ *   /active.raw            the active disk
+ *   /info.json             describeImage() as JSON
+ *   /snapshots/NAME.raw    each snapshot's disk
+ *   /snapshots/NAME.vmstate  each snapshot's VM state, where it saved one
+ */
+export type MountNode = DirNode | DiskNode | BytesNode;
+
+interface NodeBase {
+  /** Absolute path inside the mount, `/` for the root. */
+  path: string;
+  /** Inode-like number, stable for the life of the mount. */
+  ino: number;
+  mtime: Date;
+}
+
+export interface DirNode extends NodeBase {
+  kind: 'dir';
+  /** Child names in display order. */
+  children: Map<string, MountNode>;
+}
+
+export interface DiskNode extends NodeBase {
+  kind: 'disk';
+  disk: Disk;
+  size: number;
+  /** What the file is, for log lines: `active disk`, `snapshot "x" (id 1)`, ... */
+  what: string;
+}
+
+export interface BytesNode extends NodeBase {
+  kind: 'bytes';
+  bytes: Buffer;
+  size: number;
+}
+
+export type FileNode = DiskNode | BytesNode;
+
+export class MountTree {
+  readonly root: DirNode;
+  private readonly byPath = new Map<string, MountNode>();
+  private nextIno = 1;
+
+  constructor(mtime: Date) {
+    this.root = this.add({ kind: 'dir', path: '/', ino: 0, mtime, children: new Map() });
+  }
+
+  lookup(path: string): MountNode | undefined {
+    return this.byPath.get(path);
+  }
+
+  /** Every node, in creation order (the root first). */
+  nodes(): MountNode[] {
+    return [...this.byPath.values()];
+  }
+
+  /** All file nodes, with their paths. */
+  files(): FileNode[] {
+    return this.nodes().filter((n): n is FileNode => n.kind !== 'dir');
+  }
+
+  mkdir(parent: DirNode, name: string, mtime: Date): DirNode {
+    return this.link(parent, name, { kind: 'dir', path: '', ino: 0, mtime, children: new Map() });
+  }
+
+  addDisk(parent: DirNode, name: string, disk: Disk, mtime: Date, what: string): DiskNode {
+    return this.link(parent, name, { kind: 'disk', path: '', ino: 0, mtime, disk, size: disk.size, what });
+  }
+
+  addBytes(parent: DirNode, name: string, bytes: Buffer, mtime: Date): BytesNode {
+    return this.link(parent, name, { kind: 'bytes', path: '', ino: 0, mtime, bytes, size: bytes.length });
+  }
+
+  private link<T extends MountNode>(parent: DirNode, name: string, node: T): T {
+    if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
+      throw new Error(`internal: "${name}" is not a file name`);
+    }
+    if (parent.children.has(name)) throw new Error(`internal: two entries named "${name}" in ${parent.path}`);
+    node.path = parent.path === '/' ? `/${name}` : `${parent.path}/${name}`;
+    parent.children.set(name, node);
+    return this.add(node);
+  }
+
+  private add<T extends MountNode>(node: T): T {
+    node.ino = this.nextIno++;
+    this.byPath.set(node.path, node);
+    return node;
+  }
+}
+
+/** Builds the tree for an image: active.raw, info.json and snapshots/ with one file per view. */
+export function buildMountTree(image: QcowImage): MountTree {
+  const tree = new MountTree(image.mtime);
+  tree.addDisk(tree.root, 'active.raw', image.active, image.mtime, 'active disk');
+  const info = Buffer.from(`${JSON.stringify(describeImage(image), null, 2)}\n`, 'utf8');
+  tree.addBytes(tree.root, 'info.json', info, image.mtime);
+  const dir = tree.mkdir(tree.root, 'snapshots', image.mtime);
+  const names = snapshotFileNames(image.snapshots);
+  image.snapshots.forEach((s, i) => {
+    const what = `snapshot ${s.index} ("${s.name}", id ${s.uniqueId})`;
+    tree.addDisk(dir, names[i]!.raw, image.snapshotDisk(s), s.date, what);
+    const vm = image.vmState(s);
+    if (vm && names[i]!.vmstate) tree.addDisk(dir, names[i]!.vmstate!, vm, s.date, `${what} VM state`);
+  });
+  return tree;
+}
