@@ -9,7 +9,6 @@ import { openImage } from '../image.js';
 import { CliError, EXIT, configureProgram, runMain } from './common.js';
 import { ExportError, exportToPath } from '../export/export-to-path.js';
 import { selectView } from '../export/select-view.js';
-import { startProgress } from '../export/progress.js';
 import { QcowError } from '../errors.js';
 
 const PROG = 'qcow-export';
@@ -74,7 +73,8 @@ async function main(argv: string[]): Promise<number> {
     const view = selectView(image, opts);
     const hash = opts.hash ? createHash(opts.hash) : undefined;
     const toStdout = output === '-';
-    const progress = opts.quiet ? undefined : startProgress(view.disk.size, `${view.fileName}`);
+    // cli-progress is loaded only where a bar is drawn: it costs start-up time.
+    const progress = opts.quiet || !process.stderr.isTTY ? undefined : (await import('../export/progress.js')).startProgress(view.disk.size, view.fileName);
     const abort = new AbortController();
     const onSignal = (sig: NodeJS.Signals) => abort.abort(new CliError(`interrupted by ${sig}; nothing was written`, EXIT.OUTPUT));
     process.once('SIGINT', onSignal);
@@ -86,6 +86,11 @@ async function main(argv: string[]): Promise<number> {
         hash,
         signal: abort.signal,
         onProgress: progress?.update,
+        parallel: {
+          spec: { imagePath: image.path, snapshotIndex: view.snapshot?.index, vmstate: opts.vmstate === true },
+          // For measurements: QCOW_EXPORT_WORKERS=0 reads on the main thread only.
+          workers: process.env.QCOW_EXPORT_WORKERS ? Number(process.env.QCOW_EXPORT_WORKERS) : undefined,
+        },
         protect: [image.path, ...image.backingChain.map((l) => l.path), ...(image.dataFilePath ? [image.dataFilePath] : [])],
       });
       progress?.stop(true);

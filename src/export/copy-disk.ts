@@ -1,6 +1,8 @@
 import fs from 'node:fs';
 import type { Hash } from 'node:crypto';
+import os from 'node:os';
 import type { Disk } from '../disk/disk.js';
+import { ReadPool, type ViewSpec } from './read-pool.js';
 
 /** Bytes read (and written) per step of a data run: large, so that syscalls and hops stay few. */
 export const DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024;
@@ -32,6 +34,8 @@ export interface CopyOptions {
   chunkBytes?: number;
   /** Stops the copy between steps (the promise rejects with the signal's reason). */
   signal?: AbortSignal;
+  /** Read on worker threads where the view holds much compressed data (inflating is the slow part). */
+  parallel?: ParallelOptions;
 }
 
 export interface CopyResult {
@@ -46,25 +50,22 @@ export interface CopyResult {
 /**
  * Copies a whole view to `target`, or (target undefined) only hashes it. The run structure comes from
  * `disk.extents()`, so zero and unallocated runs cost no reads; data and compressed runs are read in
- * large chunks into two reused buffers, and each chunk is written (asynchronously, on the thread pool)
- * while the next one is read, so reading and writing overlap.
+ * large chunks into reused buffers, and each chunk is written (asynchronously, on the thread pool)
+ * while the next one is read, so reading and writing overlap. With `parallel`, and where the view holds
+ * enough compressed data to pay for it, chunks are read (and inflated) by worker threads, several at once.
  */
 export async function copyDisk(disk: Disk, target: CopyTarget | undefined, options: CopyOptions = {}): Promise<CopyResult> {
   const chunk = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
-  const buffers = [Buffer.allocUnsafe(chunk), Buffer.allocUnsafe(chunk)];
   const zeros = Buffer.alloc(chunk);
-  const { hash, onProgress, signal } = options;
+  const { hash, onProgress, signal, parallel } = options;
   const writer = target ? new Writer(target) : undefined;
-  const size = disk.size;
-  let done = 0;
   let read = 0;
-  let turn = 0;
+
   // Steps that write nothing (holes) never wait, so the event loop is let in now and then: signals,
   // the progress bar's timer and cancellation keep working on a long run of zeros.
   let lastYield = Date.now();
   const step = async (pos: number) => {
-    done = pos;
-    onProgress?.(done);
+    onProgress?.(pos);
     if (Date.now() - lastYield >= 100) {
       await new Promise<void>((r) => setImmediate(r));
       lastYield = Date.now();
@@ -72,44 +73,46 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
     signal?.throwIfAborted();
   };
 
-  // Extents are asked for in windows so that a huge disk never yields one huge array.
-  const window = extentWindow(disk);
+  const hole = async (start: number, length: number) => {
+    const end = start + length;
+    if (!hash && (!writer || writer.sparse)) return step(end); // nothing to read, hash or write
+    for (let pos = start; pos < end; ) {
+      const n = Math.min(chunk, end - pos);
+      const z = zeros.subarray(0, n);
+      hash?.update(z);
+      if (writer && !writer.sparse) await writer.write(z, pos);
+      pos += n;
+      await step(pos);
+    }
+  };
+
+  const data = async (bytes: Buffer, pos: number) => {
+    read += bytes.length;
+    hash?.update(bytes);
+    if (writer) {
+      if (writer.sparse) await writeNonZero(writer, bytes, pos, zeros);
+      else await writer.write(bytes, pos);
+    }
+    await step(pos + bytes.length);
+  };
+
+  const workers = parallel ? workerCount(disk, parallel) : 0;
   try {
-    for (let w = 0; w < size; w += window) {
-      for (const e of disk.extents(w, Math.min(window, size - w))) {
-        const end = e.start + e.length;
-        if (e.kind === 'zero' || e.kind === 'unallocated') {
-          if (!hash && (!writer || writer.sparse)) {
-            await step(end); // a hole: nothing to read, hash or write
-            continue;
-          }
-          for (let pos = e.start; pos < end; ) {
-            const n = Math.min(chunk, end - pos);
-            const z = zeros.subarray(0, n);
-            hash?.update(z);
-            if (writer && !writer.sparse) await writer.write(z, pos);
-            pos += n;
-            await step(pos);
-          }
+    if (workers > 0) await copyWithPool(disk, chunk, new ReadPool(parallel!.spec, workers), workers * 2, writer, hole, data);
+    else {
+      const buffers = [Buffer.allocUnsafe(chunk), Buffer.allocUnsafe(chunk)];
+      let turn = 0;
+      for (const t of tasks(disk, chunk)) {
+        if (t.hole) {
+          await hole(t.pos, t.length);
           continue;
         }
-        // Data or compressed: read in chunks aligned to the chunk size (so cluster-aligned reads).
-        for (let pos = e.start; pos < end; ) {
-          const n = Math.min(chunk - (pos % chunk), end - pos);
-          const buf = buffers[turn]!;
-          turn ^= 1;
-          const bytes = buf.subarray(0, n);
-          const got = disk.readSync(bytes, pos);
-          if (got !== n) throw new Error(`short read at ${pos}: ${got} of ${n} bytes`);
-          read += n;
-          hash?.update(bytes);
-          if (writer) {
-            if (writer.sparse) await writeNonZero(writer, bytes, pos, zeros);
-            else await writer.write(bytes, pos);
-          }
-          pos += n;
-          await step(pos);
-        }
+        // Two buffers in turn: this one's last write finished when the other one's first write began.
+        const bytes = buffers[turn]!.subarray(0, t.length);
+        turn ^= 1;
+        const got = disk.readSync(bytes, t.pos);
+        if (got !== t.length) throw new Error(`short read at ${t.pos}: ${got} of ${t.length} bytes`);
+        await data(bytes, t.pos);
       }
     }
     if (writer) await writer.drain();
@@ -118,7 +121,120 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
     if (writer) await writer.drain().catch(() => undefined);
     throw err;
   }
-  return { bytes: size, written: writer?.written ?? 0, read };
+  return { bytes: disk.size, written: writer?.written ?? 0, read };
+}
+
+/** Reading on worker threads: up to `depth` chunks in flight, handled in order as they come back. */
+async function copyWithPool(
+  disk: Disk,
+  chunk: number,
+  pool: ReadPool,
+  depth: number,
+  writer: Writer | undefined,
+  hole: (start: number, length: number) => Promise<void>,
+  data: (bytes: Buffer, pos: number) => Promise<void>,
+): Promise<void> {
+  type Queued = { pos: number; length: number; hole: true } | { pos: number; length: number; hole: false; buffer: Promise<ArrayBuffer> };
+  const queue: Queued[] = [];
+  const free: ArrayBuffer[] = [];
+  // Buffers handed to the writer: free again once the writer has drained.
+  let retired: ArrayBuffer[] = [];
+  let allocated = 0;
+  let reading = 0;
+  const takeBuffer = async (): Promise<ArrayBuffer> => {
+    if (free.length === 0 && allocated < depth + 2) {
+      allocated++;
+      return new ArrayBuffer(chunk);
+    }
+    if (free.length === 0) {
+      if (writer) await writer.drain();
+      free.push(...retired);
+      retired = [];
+    }
+    return free.pop()!;
+  };
+  const handleHead = async () => {
+    const q = queue.shift()!;
+    if (q.hole) return hole(q.pos, q.length);
+    reading--;
+    const buffer = await q.buffer;
+    await data(Buffer.from(buffer, 0, q.length), q.pos);
+    retired.push(buffer);
+  };
+  try {
+    for (const t of tasks(disk, chunk)) {
+      if (t.hole) queue.push({ ...t, hole: true });
+      else {
+        const buffer = pool.read(await takeBuffer(), t.pos, t.length);
+        buffer.catch(() => undefined); // rejections are handled in order, by handleHead
+        queue.push({ ...t, hole: false, buffer });
+        reading++;
+      }
+      while (queue.length > 0 && (reading >= depth || queue[0]!.hole)) await handleHead();
+    }
+    while (queue.length > 0) await handleHead();
+  } finally {
+    await pool.close();
+  }
+}
+
+type Task = { hole: boolean; pos: number; length: number };
+
+/** The view as holes (zero and unallocated runs) and chunk reads (data and compressed), in guest order. */
+function* tasks(disk: Disk, chunk: number): Generator<Task> {
+  const size = disk.size;
+  const window = extentWindow(disk);
+  let holeStart = -1;
+  let holeEnd = -1;
+  for (let w = 0; w < size; w += window) {
+    for (const e of disk.extents(w, Math.min(window, size - w))) {
+      const end = e.start + e.length;
+      if (e.kind === 'zero' || e.kind === 'unallocated') {
+        if (holeEnd === e.start) holeEnd = end;
+        else {
+          if (holeStart >= 0) yield { hole: true, pos: holeStart, length: holeEnd - holeStart };
+          holeStart = e.start;
+          holeEnd = end;
+        }
+        continue;
+      }
+      if (holeStart >= 0) yield { hole: true, pos: holeStart, length: holeEnd - holeStart };
+      holeStart = holeEnd = -1;
+      // Chunks aligned to the chunk size, so reads are cluster aligned.
+      for (let pos = e.start; pos < end; ) {
+        const n = Math.min(chunk - (pos % chunk), end - pos);
+        yield { hole: false, pos, length: n };
+        pos += n;
+      }
+    }
+  }
+  if (holeStart >= 0) yield { hole: true, pos: holeStart, length: holeEnd - holeStart };
+}
+
+/** Compressed bytes that make worker threads worth their start-up (some tens of milliseconds each). */
+export const PARALLEL_MIN_COMPRESSED_BYTES = 64 * 1024 * 1024;
+
+export interface ParallelOptions {
+  spec: ViewSpec;
+  /** Worker threads (default: the cores available, at most 4). */
+  workers?: number;
+  /** Use workers only when the view holds at least this many compressed bytes (default 64 MiB; 0: always). */
+  minCompressedBytes?: number;
+}
+
+function workerCount(disk: Disk, parallel: ParallelOptions): number {
+  const count = parallel.workers ?? Math.min(4, os.availableParallelism());
+  if (count < 1) return 0;
+  const min = parallel.minCompressedBytes ?? PARALLEL_MIN_COMPRESSED_BYTES;
+  if (min <= 0) return count;
+  // A metadata-only walk (L2 tables, cached for the copy that follows), stopped once the answer is known.
+  const window = extentWindow(disk);
+  let compressed = 0;
+  for (let w = 0; w < disk.size; w += window) {
+    for (const e of disk.extents(w, Math.min(window, disk.size - w))) if (e.kind === 'compressed') compressed += e.length;
+    if (compressed >= min) return count;
+  }
+  return 0;
 }
 
 /** Extents per call: about 16384 clusters (so 256 MiB with 64 KiB clusters), between 8 MiB and 1 GiB. */

@@ -1,0 +1,136 @@
+#!/usr/bin/env node
+/**
+ * qcow-info IMAGE: what `qemu-img info` and `qemu-img snapshot -l` tell, plus the backing chain, feature
+ * names and the files a mount shows. `--json` prints the same description the mount serves as info.json.
+ */
+import fs from 'node:fs';
+import { Command } from 'commander';
+import { openImage, type QcowImage } from '../image.js';
+import { QcowError } from '../errors.js';
+import { describeImage, describeSnapshots } from '../info/describe.js';
+import { formatExtents, formatInfoText, formatSnapshotDetail } from '../info/format-text.js';
+import { findSnapshot } from '../export/select-view.js';
+import { CliError, EXIT, configureProgram, printError, runMain } from './common.js';
+
+const PROG = 'qcow-info';
+
+interface Options {
+  json?: boolean;
+  snapshot?: string;
+  extents?: boolean;
+}
+
+function buildProgram(): Command {
+  return configureProgram(
+    new Command(),
+    PROG,
+    'Describe a qcow2 image: what `qemu-img info` and `qemu-img snapshot -l` show (version, sizes, cluster size, compression, refcount bits, lazy refcounts, extended L2, corrupt/dirty, backing and data files, snapshots), plus the backing chain, feature names and the file names a qcow-mount would show.',
+  )
+    .argument('<image>', 'the qcow2 image (opened read-only)')
+    .option('--json', 'print the description as JSON (the same as a mount\'s info.json)')
+    .option('-s, --snapshot <name>', 'describe one snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
+    .option('--extents', "list the view's runs (data, compressed, zero, unallocated) with their host offsets, like `qemu-img map`; the active disk, or the snapshot given with --snapshot")
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ qcow-info disk.qcow2
+  $ qcow-info disk.qcow2 --json | jq '.snapshots[].files'
+  $ qcow-info disk.qcow2 --snapshot before-upgrade --extents
+
+Exit codes:
+  0 success; 1 usage error; 2 the image cannot be read (missing, not qcow2, corrupt, unsupported,
+  unknown snapshot); 70 internal error.`,
+    );
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  program.exitOverride();
+  try {
+    program.parse(argv);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') return EXIT.OK;
+    return EXIT.USAGE;
+  }
+  const imagePath = program.args[0]!;
+  const opts = program.opts<Options>();
+
+  const image = await openWithFallback(imagePath);
+  try {
+    const write = (text: string) => process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
+    const snapshot = opts.snapshot === undefined ? undefined : findSnapshot(image, opts.snapshot);
+    if (opts.snapshot !== undefined && !snapshot) {
+      const known = image.snapshots.map((s) => `${s.uniqueId} "${s.name}"`);
+      const list = known.length === 0 ? 'it has no snapshots' : `it has ${known.length > 8 ? `${known.slice(0, 8).join(', ')}, ...` : known.join(', ')}`;
+      throw new QcowError('ENOENT', image.path, `no snapshot with ID or name "${opts.snapshot}" (${list})`);
+    }
+
+    if (opts.extents) {
+      const disk = snapshot ? image.snapshotDisk(snapshot) : image.active;
+      const chainFiles = [image.dataFilePath ?? image.path, ...image.backingChain.map((l) => l.path)];
+      const extents = [];
+      // In windows, so that a huge disk is walked a piece at a time.
+      const window = 1024 * 1024 * 1024;
+      for (let w = 0; w < disk.size; w += window) {
+        for (const e of disk.extents(w, Math.min(window, disk.size - w))) {
+          const last = extents[extents.length - 1];
+          if (last && last.kind === e.kind && last.depth === e.depth && last.start + last.length === e.start && (last.host === undefined ? e.host === undefined : last.host + last.length === e.host)) {
+            last.length += e.length;
+          } else extents.push({ ...e });
+        }
+      }
+      if (opts.json) write(JSON.stringify(extents.map((e) => ({ ...e, file: e.kind === 'data' || e.kind === 'compressed' ? chainFiles[e.depth] : undefined })), null, 2));
+      else write(formatExtents(extents, chainFiles));
+      return EXIT.OK;
+    }
+
+    if (snapshot) {
+      const info = describeSnapshots(image.snapshots)[image.snapshots.indexOf(snapshot)]!;
+      write(opts.json ? JSON.stringify(info, null, 2) : formatSnapshotDetail(info));
+      return EXIT.OK;
+    }
+
+    const info = describeImage(image);
+    if (opts.json) write(JSON.stringify(info, null, 2));
+    else {
+      let allocatedBytes: number | undefined;
+      try {
+        allocatedBytes = fs.statSync(image.path).blocks * 512;
+      } catch {
+        allocatedBytes = undefined;
+      }
+      write(formatInfoText(info, { allocatedBytes }));
+    }
+    return EXIT.OK;
+  } finally {
+    image.close();
+  }
+}
+
+/**
+ * Opens the image; where only its backing chain cannot be opened (a missing or refused backing file),
+ * describes the image alone, as `qemu-img info` does, with a warning.
+ */
+async function openWithFallback(imagePath: string): Promise<QcowImage> {
+  try {
+    return await openImage(imagePath);
+  } catch (err) {
+    if (!(err instanceof QcowError)) throw err;
+    let alone: QcowImage;
+    try {
+      alone = await openImage(imagePath, { noBacking: true });
+    } catch {
+      throw err;
+    }
+    if (alone.header.backingFile === undefined) {
+      alone.close();
+      throw err;
+    }
+    printError(PROG, new CliError(`warning: the backing chain cannot be opened (${err.message}); describing the image alone`, EXIT.IMAGE));
+    return alone;
+  }
+}
+
+runMain(PROG, () => main(process.argv));

@@ -1,0 +1,197 @@
+/**
+ * Human-readable rendering of an image description (describeImage): what `qemu-img info` and
+ * `qemu-img snapshot -l` print, in their words and layout where they have them, plus the backing
+ * chain, feature names and the files a mount shows.
+ */
+import type { Extent } from '../disk/disk.js';
+import type { ImageInfo, SnapshotInfo } from './describe.js';
+
+/** A size the way QEMU prints one (size_to_str): three significant digits, binary units, `0 B`. */
+export function formatSize(bytes: number): string {
+  const suffixes = ['', 'Ki', 'Mi', 'Gi', 'Ti', 'Pi', 'Ei'];
+  // QEMU moves to the next unit at 1000 of the current one (so no "1010 KiB").
+  let i = 0;
+  while (i < suffixes.length - 1 && bytes / 1024 ** i >= 1000) i++;
+  const value = bytes / 1024 ** i;
+  return `${Number(value.toPrecision(3))} ${suffixes[i]}B`;
+}
+
+/** `8 MiB (8389120 bytes)`, as qemu-img shows the virtual size. */
+export function formatSizeExact(bytes: number): string {
+  return `${formatSize(bytes)} (${bytes} bytes)`;
+}
+
+/** Control characters (a newline in a snapshot name, say) shown escaped, so one entry stays one line. */
+export function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+/** Terminal columns a string takes: code points, with East Asian wide ones counted twice (roughly). */
+function width(text: string): number {
+  let w = 0;
+  for (const ch of text) {
+    const cp = ch.codePointAt(0)!;
+    if (cp >= 0x300 && cp <= 0x36f) continue; // combining marks
+    w += (cp >= 0x1100 && cp <= 0x115f) || (cp >= 0x2e80 && cp <= 0xa4cf) || (cp >= 0xac00 && cp <= 0xd7a3) || (cp >= 0xf900 && cp <= 0xfaff) || (cp >= 0xff00 && cp <= 0xff60) || (cp >= 0x1f300 && cp <= 0x1faff) || (cp >= 0x20000 && cp <= 0x3fffd) ? 2 : 1;
+  }
+  return w;
+}
+
+const padEnd = (text: string, n: number) => text + ' '.repeat(Math.max(0, n - width(text)));
+const padStart = (text: string, n: number) => ' '.repeat(Math.max(0, n - width(text))) + text;
+
+/** `2026-11-25 14:39:12` in local time, as qemu-img prints a snapshot's date. */
+export function formatDate(seconds: number): string {
+  const d = new Date(seconds * 1000);
+  const p = (n: number) => `${n}`.padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+/** Names wider than this do not widen the TAG column; their row runs on instead. */
+const MAX_TAG_COLUMN = 40;
+
+/**
+ * The snapshot list as `qemu-img snapshot -l` shows it (ID, TAG, VM SIZE, DATE, VM CLOCK, ICOUNT), with
+ * columns sized to their contents, plus FILE: the snapshot's files in a mount.
+ */
+export function formatSnapshotTable(snapshots: readonly SnapshotInfo[]): string {
+  const header = ['ID', 'TAG', 'VM SIZE', 'DATE', 'VM CLOCK', 'ICOUNT', 'FILE'];
+  const rows = snapshots.map((s) => [
+    printable(s.id),
+    printable(s.name),
+    formatSize(s.vmStateSize),
+    formatDate(s.dateSeconds),
+    s.vmClock,
+    s.icount ?? '',
+    [s.files.raw, s.files.vmstate].filter((f): f is string => !!f).map(printable).join(', '),
+  ]);
+  const widths = header.map((h, c) => Math.max(width(h), ...rows.map((r) => (c === 1 ? Math.min(MAX_TAG_COLUMN, width(r[c]!)) : width(r[c]!)))));
+  // Text columns left-aligned, numbers right-aligned, as qemu-img does.
+  const right = [false, false, true, true, true, true, false];
+  const line = (cells: string[]) =>
+    cells
+      .map((cell, c) => (c === cells.length - 1 ? cell : right[c] ? padStart(cell, widths[c]!) : padEnd(cell, widths[c]!)))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}
+
+export interface TextInfoExtras {
+  /** Bytes the image file takes on the host (st_blocks * 512): qemu-img's "disk size". */
+  allocatedBytes?: number;
+}
+
+/** The whole `qcow-info IMAGE` report. */
+export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): string {
+  const out: string[] = [];
+  const yesNo = (b: boolean) => (b ? 'true' : 'false');
+  out.push(`image: ${printable(info.image)}`);
+  out.push('file format: qcow2');
+  out.push(`virtual size: ${formatSizeExact(info.virtualSize)}`);
+  if (extras.allocatedBytes !== undefined) out.push(`disk size: ${formatSize(extras.allocatedBytes)}`);
+  out.push(`file size: ${formatSizeExact(info.fileSize)}`);
+  out.push(`cluster_size: ${info.clusterSize}`);
+  if (info.backingFile !== null) {
+    const first = info.backingChain[0];
+    out.push(`backing file: ${printable(info.backingFile)}${first ? ` (actual path: ${printable(first.path)})` : ''}`);
+    if (info.extensions.backingFormat !== null) out.push(`backing file format: ${printable(info.extensions.backingFormat)}`);
+  }
+  if (info.encryption !== 'none') out.push(`encrypted: yes (${info.encryption})`);
+
+  if (info.snapshots.length > 0) {
+    out.push('Snapshot list:');
+    out.push(formatSnapshotTable(info.snapshots));
+  }
+
+  out.push('Format specific information:');
+  const fmt: [string, string][] = [
+    ['compat', info.version === 3 ? '1.1' : '0.10'],
+    ['compression type', info.compressionType],
+    ['lazy refcounts', yesNo(info.lazyRefcounts)],
+    ['refcount bits', `${info.refcountBits}`],
+  ];
+  if (info.dataFile) {
+    fmt.push(['data file', printable(info.dataFile.name ?? info.dataFile.path)]);
+    fmt.push(['data file raw', yesNo(info.dataFile.raw)]);
+  } else if (info.extensions.dataFile !== null) fmt.push(['data file', printable(info.extensions.dataFile)]);
+  fmt.push(['corrupt', yesNo(info.corrupt)], ['extended l2', yesNo(info.extendedL2)], ['dirty', yesNo(info.dirty)]);
+  if (info.extensions.bitmaps) fmt.push(['bitmaps', `${info.extensions.bitmaps.count}`]);
+  for (const [k, v] of fmt) out.push(`    ${k}: ${v}`);
+
+  out.push('Features:');
+  for (const kind of ['incompatible', 'compatible', 'autoclear'] as const) {
+    const names = info.features[kind];
+    out.push(`    ${kind}: ${names.length > 0 ? names.map(printable).join(', ') : '(none)'}`);
+  }
+
+  if (info.backingChain.length > 0) {
+    out.push('Backing chain:');
+    const rows = info.backingChain.map((l) => [
+      `${l.depth}`,
+      l.format,
+      formatSize(l.size),
+      `${printable(l.path)}${l.formatSource === 'probed' ? ' (format probed)' : ''}`,
+    ]);
+    const w = [0, 1, 2].map((c) => Math.max(...rows.map((r) => width(r[c]!))));
+    for (const r of rows) out.push(`    ${padStart(r[0]!, w[0]!)}  ${padEnd(r[1]!, w[1]!)}  ${padStart(r[2]!, w[2]!)}  ${r[3]}`);
+  }
+  if (info.dataFile) out.push(`External data file: ${printable(info.dataFile.path)}`);
+
+  out.push('Files in a mount:');
+  const files: [string, string][] = [
+    [info.files.active, formatSizeExact(info.virtualSize)],
+    [info.files.info, ''],
+  ];
+  for (const s of info.snapshots) {
+    files.push([s.files.raw, formatSizeExact(s.diskSize)]);
+    if (s.files.vmstate) files.push([s.files.vmstate, formatSizeExact(s.vmStateSize)]);
+  }
+  const fw = Math.min(60, Math.max(...files.map(([f]) => width(printable(f)))));
+  for (const [f, size] of files) out.push(`    ${size ? `${padEnd(printable(f), fw)}  ${size}` : printable(f)}`);
+  return out.join('\n');
+}
+
+/** One snapshot in detail: `qcow-info IMAGE --snapshot NAME`. */
+export function formatSnapshotDetail(s: SnapshotInfo): string {
+  const rows: [string, string][] = [
+    ['id', printable(s.id)],
+    ['name', printable(s.name)],
+    ['index', `${s.index}`],
+    ['date', `${formatDate(s.dateSeconds)} (${s.date})`],
+    ['vm clock', `${s.vmClock} (${s.vmClockNs} ns)`],
+    ['vm state size', formatSizeExact(s.vmStateSize)],
+    ['disk size', formatSizeExact(s.diskSize)],
+    ['icount', s.icount ?? '(none)'],
+    ['l1 table', `${s.l1Size} entries at 0x${s.l1TableOffset.toString(16)}`],
+    ['extra data', `${s.extraDataSize} bytes`],
+    ['file', printable(s.files.raw)],
+  ];
+  if (s.files.vmstate) rows.push(['vm state file', printable(s.files.vmstate)]);
+  return rows.map(([k, v]) => `${k}: ${v}`).join('\n');
+}
+
+/**
+ * A view's extents as a table, like `qemu-img map` (human format): guest offset, length, what the run is,
+ * the chain depth that holds it and, for data, its host offset.
+ */
+export function formatExtents(extents: readonly Extent[], chainFiles: readonly string[] = []): string {
+  const hex = (n: number) => `0x${n.toString(16)}`;
+  const rows = extents.map((e) => [
+    hex(e.start),
+    hex(e.length),
+    e.kind,
+    `${e.depth}`,
+    e.host !== undefined ? hex(e.host) : '',
+    e.kind === 'data' || e.kind === 'compressed' ? printable(chainFiles[e.depth] ?? '') : '',
+  ]);
+  const header = ['OFFSET', 'LENGTH', 'KIND', 'DEPTH', 'HOST OFFSET', 'FILE'];
+  const widths = header.map((h, c) => Math.max(width(h), ...rows.map((r) => width(r[c]!))));
+  const right = [true, true, false, true, true, false];
+  const line = (cells: string[]) =>
+    cells
+      .map((cell, c) => (c === cells.length - 1 ? cell : right[c] ? padStart(cell, widths[c]!) : padEnd(cell, widths[c]!)))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}
