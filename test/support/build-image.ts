@@ -263,6 +263,10 @@ export interface BuilderOptions {
   l1Size?: number;
   /** Header length for v3 (default 112 with zstd, else 104). */
   headerLength?: number;
+  /** Name of an external data file (sets incompatible bit 2 and the data file name extension). */
+  dataFile?: string;
+  /** Set autoclear bit 1: the external data file is raw. */
+  dataFileRaw?: boolean;
 }
 
 export interface SnapshotSpec {
@@ -347,6 +351,7 @@ export class L1Space {
       const n = Math.min(bytes.length - done, b.clusterSize - inCluster);
       let host = this.dataClusters.get(cluster);
       if (host === undefined) {
+        this.l2Table(Math.floor(cluster / b.l2Entries)); // the table first, so data clusters stay contiguous
         host = b.allocClusters(1);
         this.dataClusters.set(cluster, host);
         this.setEntry(cluster, dataEntry(host), b.entryBytes === 16 ? 0xffff_ffffn : 0n);
@@ -357,12 +362,23 @@ export class L1Space {
   }
 
   /** A whole data cluster at a given host offset (allocated when omitted). Returns the host offset. */
-  dataCluster(guestCluster: number, content: Uint8Array, host = this.builder.allocClusters(1)): number {
+  dataCluster(guestCluster: number, content: Uint8Array, host?: number): number {
     const b = this.builder;
+    this.l2Table(Math.floor(guestCluster / b.l2Entries));
+    host ??= b.allocClusters(1);
     b.image.set(content.subarray(0, b.clusterSize), host);
     this.setEntry(guestCluster, dataEntry(host), b.entryBytes === 16 ? 0xffff_ffffn : 0n);
     this.dataClusters.set(guestCluster, host);
     return host;
+  }
+
+  /**
+   * With an external data file: guest cluster N lives at the same offset in the data file. The entry
+   * has the copied bit, which tells offset 0 (guest cluster 0) from "unallocated".
+   */
+  externalCluster(guestCluster: number, bitmap = 0xffff_ffffn): void {
+    const b = this.builder;
+    this.setEntry(guestCluster, COPIED | BigInt(guestCluster * b.clusterSize), b.entryBytes === 16 ? bitmap : 0n);
   }
 
   /** v3 zero cluster, optionally with a preallocated (aligned) host cluster. */
@@ -393,6 +409,7 @@ export class L1Space {
    */
   subclusters(guestCluster: number, alloc: number, zero: number, content?: Uint8Array, host?: number): number {
     const b = this.builder;
+    this.l2Table(Math.floor(guestCluster / b.l2Entries));
     let at = host ?? 0;
     if (at === 0 && (alloc !== 0 || content)) at = b.allocClusters(1);
     if (content) b.image.set(content.subarray(0, b.clusterSize), at);
@@ -511,7 +528,9 @@ export class ImageBuilder {
 
     const extensions: ExtensionSpec[] = [];
     if (this.options.backingFormat !== undefined) extensions.push(extBackingFormat(this.options.backingFormat));
+    if (this.options.dataFile !== undefined) extensions.push(extDataFile(this.options.dataFile));
     let incompatible = this.options.incompatibleExtra ?? 0n;
+    if (this.options.dataFile !== undefined) incompatible |= 4n;
     if (this.compression === 'zstd') incompatible |= 8n;
     if (this.extendedL2) incompatible |= 16n;
     const headerLength = this.options.headerLength ?? (this.compression === 'zstd' ? 112 : 104);
@@ -530,6 +549,7 @@ export class ImageBuilder {
         nbSnapshots: this.snapshots.length,
         snapshotsOffset,
         incompatibleFeatures: incompatible,
+        autoclearFeatures: this.options.dataFileRaw ? 2n : 0n,
         headerLength,
         compressionType: this.version === 3 && headerLength > 104 ? (this.compression === 'zstd' ? 1 : 0) : undefined,
         backingFileOffset: backingAt,
