@@ -35,7 +35,7 @@ export interface BackingLink {
   format: ImageFormat;
   /** Where the format came from: the image above's backing format extension, or probing the file. */
   formatSource: 'header' | 'probed';
-  /** Virtual size (the file size for raw). */
+  /** Virtual size (for raw: the file size rounded up to whole 512-byte sectors, as QEMU counts it). */
   size: number;
   /** For qcow2 links. */
   header?: Header;
@@ -229,8 +229,9 @@ function openBacking(
   }
 
   if (format === 'raw') {
-    chain.push({ depth, name, path: file.path, format, formatSource, size: file.size });
-    return new RawDisk(file, depth);
+    const raw = new RawDisk(file, depth);
+    chain.push({ depth, name, path: file.path, format, formatSource, size: raw.size });
+    return raw;
   }
   const backingHeader = readHeader(file);
   if (backingHeader.cryptMethod !== 'none') throw new QcowError('EUNSUPPORTED', file.path, 'encrypted backing files are not supported yet');

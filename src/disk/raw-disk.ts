@@ -2,7 +2,10 @@ import type { HostFile } from '../io/host-file.js';
 import type { Disk, Extent } from './disk.js';
 import { clampLength } from './qcow2-disk.js';
 
-/** A raw file as a disk (a raw backing file): its bytes, its size. */
+/**
+ * A raw file as a disk (a raw backing file). Like QEMU's file driver it counts whole 512-byte sectors:
+ * a 1000000-byte file is a 1000448-byte disk whose last 448 bytes read as zeros.
+ */
 export class RawDisk implements Disk {
   readonly size: number;
 
@@ -10,7 +13,7 @@ export class RawDisk implements Disk {
     readonly file: HostFile,
     readonly depth: number,
   ) {
-    this.size = file.size;
+    this.size = Math.ceil(file.size / 512) * 512;
   }
 
   readSync(into: Uint8Array, position: number): number {
