@@ -88,8 +88,9 @@ async function main(argv: string[]): Promise<number> {
         onProgress: progress?.update,
         parallel: {
           spec: { imagePath: image.path, snapshotIndex: view.snapshot?.index, vmstate: opts.vmstate === true },
-          // For measurements: QCOW_EXPORT_WORKERS=0 reads on the main thread only.
-          workers: process.env.QCOW_EXPORT_WORKERS ? Number(process.env.QCOW_EXPORT_WORKERS) : undefined,
+          // For measurements and tests: QCOW_EXPORT_WORKERS=0 reads on the main thread only; N > 0 uses
+          // N workers whatever the view holds.
+          ...workersFromEnv(process.env.QCOW_EXPORT_WORKERS),
         },
         protect: [image.path, ...image.backingChain.map((l) => l.path), ...(image.dataFilePath ? [image.dataFilePath] : [])],
       });
@@ -115,6 +116,13 @@ async function main(argv: string[]): Promise<number> {
   } finally {
     image.close();
   }
+}
+
+function workersFromEnv(value: string | undefined): { workers?: number; minCompressedBytes?: number } {
+  if (value === undefined || value === '') return {};
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 64) throw new CliError(`QCOW_EXPORT_WORKERS="${value}" is not a worker count (0-64)`, EXIT.USAGE);
+  return n === 0 ? { workers: 0 } : { workers: n, minCompressedBytes: 0 };
 }
 
 runMain(PROG, () => main(process.argv));

@@ -100,19 +100,23 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
   try {
     if (workers > 0) await copyWithPool(disk, chunk, new ReadPool(parallel!.spec, workers), workers * 2, writer, hole, data);
     else {
+      // Two buffers in turn: one is read into while the other's writes finish. A buffer is reused only
+      // once its last write is done (a chunk with nothing to write does not tell us that on its own).
       const buffers = [Buffer.allocUnsafe(chunk), Buffer.allocUnsafe(chunk)];
+      const written: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
       let turn = 0;
       for (const t of tasks(disk, chunk)) {
         if (t.hole) {
           await hole(t.pos, t.length);
           continue;
         }
-        // Two buffers in turn: this one's last write finished when the other one's first write began.
+        await written[turn];
         const bytes = buffers[turn]!.subarray(0, t.length);
-        turn ^= 1;
         const got = disk.readSync(bytes, t.pos);
         if (got !== t.length) throw new Error(`short read at ${t.pos}: ${got} of ${t.length} bytes`);
         await data(bytes, t.pos);
+        if (writer) written[turn] = writer.idle();
+        turn ^= 1;
       }
     }
     if (writer) await writer.drain();
@@ -265,8 +269,8 @@ async function writeNonZero(writer: Writer, bytes: Buffer, pos: number, zeros: B
 
 /**
  * One write in flight at a time: `write` waits for the previous write, then starts this one and returns,
- * so the caller may fill its other buffer meanwhile. Bytes handed to `write` must stay untouched until the
- * next-but-one call (two buffers in turn satisfy that). Short writes are continued; EAGAIN (a
+ * so the caller may fill another buffer meanwhile. Bytes handed to `write` must stay untouched until
+ * `idle()` (or `drain()`) says the write is done. Short writes are continued; EAGAIN (a
  * non-blocking pipe that is full) is retried after a short wait.
  */
 class Writer {
@@ -289,6 +293,14 @@ class Writer {
 
   async drain(): Promise<void> {
     await this.pending;
+  }
+
+  /** Settles once every write started so far is done (never rejects: errors surface in write/drain). */
+  idle(): Promise<void> {
+    return this.pending.then(
+      () => undefined,
+      () => undefined,
+    );
   }
 
   private async writeAll(bytes: Buffer, position: number): Promise<void> {
