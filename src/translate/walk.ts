@@ -47,10 +47,17 @@ export function walkRange(meta: Qcow2Metadata, l1: Float64Array, origin: number,
         const type = classifyStandard(hi, lo, hasDataFile);
         if (type === ClusterType.Data) visit.data(dst, chunk, hostCluster(meta, hi, lo, clusterStart) + inCluster);
         else if (type === ClusterType.Zero) {
+          if (meta.header.version < 3) {
+            // QEMU: "Zero cluster entry found in pre-v3 image" (EIO); bit 0 means nothing before v3.
+            throw new QcowError('EIO', meta.file.path, `zero cluster entry in a version 2 image for guest offset ${hex(clusterStart)} (zero flags need version 3)`);
+          }
           if (standardOffset(hi, lo) !== 0) hostCluster(meta, hi, lo, clusterStart, false); // QEMU checks a preallocated zero cluster too
           visit.zero(dst, chunk);
         } else if (type === ClusterType.Unallocated) visit.unallocated(dst, chunk, pos);
-        else visit.compressed(dst, chunk, hi, lo, inCluster, pos);
+        else {
+          checkCompressed(meta, clusterStart);
+          visit.compressed(dst, chunk, hi, lo, inCluster, pos);
+        }
       } else {
         walkSubclusters(meta, hi, lo, table.getUint32(at + 12), table.getUint32(at + 8), clusterStart, inCluster, chunk, dst, pos, visit);
       }
@@ -73,17 +80,23 @@ function walkSubclusters(
   visit: RunVisitor,
 ): void {
   const type = classifyExtended(hi, lo, meta.hasDataFile, allocMask, zeroMask);
+  // QEMU checks the host offset of every entry that has one (zero and unallocated subclusters of an
+  // allocated cluster too), whichever subcluster is read.
+  const hasOffset = standardOffset(hi, lo) !== 0 || (meta.hasDataFile && (hi & 0x80000000) !== 0);
   switch (type) {
     case ClusterType.Compressed:
+      checkCompressed(meta, clusterStart);
       visit.compressed(dst, chunk, hi, lo, inCluster, pos);
       return;
     case ClusterType.Data:
       visit.data(dst, chunk, hostCluster(meta, hi, lo, clusterStart) + inCluster);
       return;
     case ClusterType.Zero:
+      if (hasOffset) hostCluster(meta, hi, lo, clusterStart, false);
       visit.zero(dst, chunk);
       return;
     case ClusterType.Unallocated:
+      if (hasOffset) hostCluster(meta, hi, lo, clusterStart, false);
       visit.unallocated(dst, chunk, pos);
       return;
     case ClusterType.Invalid:
@@ -94,7 +107,7 @@ function walkSubclusters(
       );
   }
   const sc = meta.subclusterSize;
-  const host = allocMask !== 0 ? hostCluster(meta, hi, lo, clusterStart) : 0;
+  const host = allocMask !== 0 ? hostCluster(meta, hi, lo, clusterStart) : hasOffset ? hostCluster(meta, hi, lo, clusterStart, false) : 0;
   let off = inCluster;
   const stop = inCluster + chunk;
   while (off < stop) {
@@ -107,6 +120,13 @@ function walkSubclusters(
     else if (zeroMask & mask) visit.zero(d, n);
     else visit.unallocated(d, n, pos + (off - inCluster));
     off = scEnd;
+  }
+}
+
+/** QEMU refuses compressed clusters in an image with an external data file (EIO). */
+function checkCompressed(meta: Qcow2Metadata, guestCluster: number): void {
+  if (meta.hasDataFile) {
+    throw new QcowError('EIO', meta.file.path, `compressed cluster entry for guest offset ${hex(guestCluster)} in an image with an external data file`);
   }
 }
 
