@@ -210,6 +210,9 @@ describe('backing files', async () => {
   const C = 4096;
   const SIZE = 16 * C;
   const BASE = 20000; // the raw backing file is shorter than the overlay
+  // QEMU's file driver counts whole 512-byte sectors: the backing disk is 20480 bytes, the last 480
+  // of them zeros past the end of the file.
+  const BASE_DISK = 20480;
   const base = pattern(BASE, 42);
   fs.writeFileSync(tmp.file('base.raw'), base);
 
@@ -228,7 +231,7 @@ describe('backing files', async () => {
   it('reads unallocated clusters from a raw backing file, zeros past its end (format from the header)', async () => {
     const { b, expected } = overlay({ backingFormat: 'raw' });
     const image = await open(b);
-    expect(image.backingChain).toEqual([{ depth: 1, name: 'base.raw', path: tmp.file('base.raw'), format: 'raw', formatSource: 'header', size: BASE }]);
+    expect(image.backingChain).toEqual([{ depth: 1, name: 'base.raw', path: tmp.file('base.raw'), format: 'raw', formatSource: 'header', size: BASE_DISK }]);
     expect(read(image.active, 0, SIZE).equals(expected)).toBe(true);
     // Across the end of the backing file, inside one overlay cluster.
     expect(read(image.active, BASE - 5, 10).equals(Buffer.concat([base.subarray(BASE - 5), Buffer.alloc(5)]))).toBe(true);
@@ -251,8 +254,8 @@ describe('backing files', async () => {
       { start: C, length: C, kind: 'data', depth: 0, host: mine },
       { start: 2 * C, length: C, kind: 'data', depth: 1, host: 2 * C },
       { start: 3 * C, length: C, kind: 'zero', depth: 0, host: undefined },
-      { start: 4 * C, length: BASE - 4 * C, kind: 'data', depth: 1, host: 4 * C },
-      { start: BASE, length: SIZE - BASE, kind: 'unallocated', depth: 1 },
+      { start: 4 * C, length: BASE_DISK - 4 * C, kind: 'data', depth: 1, host: 4 * C },
+      { start: BASE_DISK, length: SIZE - BASE_DISK, kind: 'unallocated', depth: 1 },
     ]);
   });
 
@@ -288,7 +291,7 @@ describe('backing files', async () => {
 
     expect(image.backingChain.map((l) => [l.depth, l.name, l.format, l.size])).toEqual([
       [1, 'mid.qcow2', 'qcow2', 8 * C],
-      [2, 'base.raw', 'raw', BASE],
+      [2, 'base.raw', 'raw', BASE_DISK],
     ]);
     expect(image.active.extents(0, SIZE)).toEqual([
       { start: 0, length: 2 * C, kind: 'data', depth: 2, host: 0 },
