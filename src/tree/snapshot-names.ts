@@ -5,7 +5,8 @@
  *    no `/` and no NUL, at most 200 bytes (room for the suffix within NAME_MAX).
  * 2. A usable name that no other snapshot shares is used as it is: `NAME.raw`, `NAME.vmstate`.
  * 3. Otherwise (unusable or shared) the stem is `NAME@ID` with the snapshot's unique ID (`@ID` alone
- *    when the name is unusable), when that ID is itself usable and unique in the table.
+ *    when the name is unusable), when that ID is itself usable and unique in the table and the stem
+ *    stays within 240 bytes (room for one `#INDEX` and `.vmstate` within NAME_MAX, 255).
  * 4. Otherwise the stem is `#INDEX` (the entry's position in the table, from 0), with `NAME` before it
  *    where the name is usable: `NAME#INDEX`.
  * 5. If a stem made by rules 3-4 still equals another snapshot's stem, `#INDEX` is added until unique.
@@ -20,6 +21,8 @@ export interface NamedSnapshot {
 }
 
 const MAX_STEM_BYTES = 200;
+/** `NAME@ID` at most: with rule 5's `#INDEX` (index < 65536: 6 bytes) and `.vmstate`, within NAME_MAX. */
+const MAX_DERIVED_BYTES = 240;
 
 export function isUsableFileName(s: string): boolean {
   return s !== '' && s !== '.' && s !== '..' && !s.includes('/') && !s.includes('\0') && Buffer.byteLength(s) <= MAX_STEM_BYTES;
@@ -39,7 +42,8 @@ export function snapshotStems(snapshots: readonly NamedSnapshot[]): string[] {
     const usable = isUsableFileName(s.name);
     if (usable && nameCount.get(s.name) === 1) return { stem: s.name, derived: false };
     const prefix = usable ? s.name : '';
-    if (isUsableFileName(s.uniqueId) && idCount.get(s.uniqueId) === 1) return { stem: `${prefix}@${s.uniqueId}`, derived: true };
+    const withId = `${prefix}@${s.uniqueId}`;
+    if (isUsableFileName(s.uniqueId) && idCount.get(s.uniqueId) === 1 && Buffer.byteLength(withId) <= MAX_DERIVED_BYTES) return { stem: withId, derived: true };
     return { stem: `${prefix}#${s.index}`, derived: true };
   });
   const taken = new Set(stems.filter((s) => !s.derived).map((s) => s.stem));
