@@ -94,15 +94,21 @@ export class HostFile {
   }
 }
 
+/**
+ * O_NONBLOCK: opening a fifo (or a tty) read-only would otherwise wait for a writer forever, before
+ * fstat could tell it is not an image. On regular files and block devices it changes nothing.
+ */
+const NONBLOCK = fs.constants.O_NONBLOCK ?? 0;
+
 function openReadOnly(path: string): number {
   if (NOATIME) {
     try {
-      return fs.openSync(path, fs.constants.O_RDONLY | NOATIME);
+      return fs.openSync(path, fs.constants.O_RDONLY | NOATIME | NONBLOCK);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
     }
   }
-  return fs.openSync(path, fs.constants.O_RDONLY);
+  return fs.openSync(path, fs.constants.O_RDONLY | NONBLOCK);
 }
 
 /** Size of a block device, from sysfs: its stat says 0. */
