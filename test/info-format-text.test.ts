@@ -89,6 +89,6 @@ describe('formatExtents', () => {
     expect(text[0]).toMatch(/^ *OFFSET +LENGTH +KIND +DEPTH +HOST OFFSET +FILE$/);
     expect(text[1]).toMatch(/^ +0x0 +0x10000 +data +0 +0x50000 +\/img\/top\.qcow2$/);
     expect(text[2]).toMatch(/^ *0x10000 +0x20000 +unallocated +0$/);
-    expect(text[3]).toMatch(/^ +0x30000 +0x10000 +compressed +1 +\/img\/base\.qcow2$/);
+    expect(text[3]).toMatch(/^ *0x30000 +0x10000 +compressed +1 +\/img\/base\.qcow2$/);
   });
 });
