@@ -10,11 +10,10 @@ import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { openImageSync } from '../image.js';
 import { CliError, EXIT, type ExitCode, configureProgram, errorMessage, exitCodeFor, parseSize, printError } from './common.js';
-import { type DaemonConfig, runDaemon, stderrLogger } from '../mount/daemon.js';
-import { FUSE_SUBTYPE } from '../mount/fuse-adapter.js';
+import type { DaemonConfig } from '../mount/daemon.js';
 import { type MountOptions, parseMountOptions } from '../mount/options.js';
 import { mountProblem } from '../mount/preflight.js';
-import { defaultLogPath, ensureStateDir, findMount, pidFilePath, resolveMountPoint, stateDir, unmountSync } from '../mount/system.js';
+import { FUSE_SUBTYPE, defaultLogPath, ensureStateDir, findMount, pidFilePath, resolveMountPoint, stateDir, unmountSync } from '../mount/system.js';
 import { unmountMountPoint } from '../mount/unmount.js';
 
 const PROG = 'qcow-mount';
@@ -139,8 +138,14 @@ async function main(argv: string[]): Promise<number> {
   return runBackground(image, mountPointArg, options, opts);
 }
 
+/** The daemon (and with it fuse-native's native addon) is loaded only where a mount is served. */
+async function loadDaemon(): Promise<typeof import('../mount/daemon.js')> {
+  return import('../mount/daemon.js');
+}
+
 /** -f: serve in this process until unmounted or interrupted. */
-function runForeground(config: DaemonConfig): Promise<number> {
+async function runForeground(config: DaemonConfig): Promise<number> {
+  const { runDaemon, stderrLogger } = await loadDaemon();
   const logger = stderrLogger();
   return new Promise((resolve) => {
     void runDaemon(
@@ -159,7 +164,8 @@ function runForeground(config: DaemonConfig): Promise<number> {
 }
 
 /** The background child: same as the foreground, reporting to the parent over the IPC channel. */
-function runChild(config: DaemonConfig): Promise<number> {
+async function runChild(config: DaemonConfig): Promise<number> {
+  const { runDaemon } = await loadDaemon();
   return new Promise((resolve) => {
     void runDaemon(config, {
       ready: (info) => {

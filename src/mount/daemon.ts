@@ -1,11 +1,12 @@
 import { openImageSync } from '../image.js';
 import type { QcowImage } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../cli/common.js';
-import { FUSE_SUBTYPE, mountFuse } from './fuse-adapter.js';
+import { mountFuse } from './fuse-adapter.js';
 import { type Logger, createFuseOps } from './fuse-ops.js';
 import type { MountOptions } from './options.js';
 import { mountProblem } from './preflight.js';
 import {
+  FUSE_SUBTYPE,
   type MountEntry,
   ensureStateDir,
   findMount,

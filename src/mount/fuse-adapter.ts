@@ -4,6 +4,7 @@
  */
 import Fuse from 'fuse-native';
 import type { FuseOps } from './fuse-ops.js';
+import { FUSE_SUBTYPE } from './system.js';
 
 export interface AdapterOptions {
   allowOther: boolean;
@@ -17,8 +18,7 @@ export interface AdapterOptions {
   initTimeoutMs?: number;
 }
 
-/** FUSE type suffix: our mounts show as `fuse.qcow-mount` in /proc/self/mountinfo. */
-export const FUSE_SUBTYPE = 'qcow-mount';
+export { FUSE_SUBTYPE };
 
 export interface MountedFuse {
   mountPoint: string;

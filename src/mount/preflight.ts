@@ -1,5 +1,23 @@
 import fs from 'node:fs';
-import { findMount, fuseDeviceProblem, resolveMountPoint } from './system.js';
+import { FUSE_SUBTYPE, findMount, fuseDeviceProblem, pidFileAlive, pidFilePath, readPidFile, resolveMountPoint } from './system.js';
+
+const DEAD = (display: string) => `${display}: a dead FUSE mount is there (its daemon is gone); clear it with qcow-mount -u ${display}`;
+
+/**
+ * Whether a qcow-mount mount found at `dir` has lost its daemon. Its pid file says so without touching
+ * the mount; only then statfs (never cached by the kernel) confirms it: a dead session answers ENOTCONN
+ * at once, so this cannot hang on a live daemon.
+ */
+function deadQcowMount(dir: string): boolean {
+  const info = readPidFile(pidFilePath(dir));
+  if (info && pidFileAlive(info)) return false;
+  try {
+    fs.statfsSync(dir);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOTCONN';
+  }
+}
 
 /**
  * Checks a mount point before anything is mounted: it exists, is a folder, is empty, is not already
@@ -14,12 +32,13 @@ export function mountPointProblem(display: string): string | undefined {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return `${display}: mount point does not exist`;
-    if (code === 'ENOTCONN') return `${display}: a dead FUSE mount is there (its daemon is gone); clear it with qcow-mount -u ${display}`;
+    if (code === 'ENOTCONN') return DEAD(display);
     if (code === 'EACCES') return `${display}: permission denied`;
     return `${display}: ${(err as Error).message}`;
   }
   if (!st.isDirectory()) return `${display}: mount point is not a folder`;
   const mounted = findMount(resolved);
+  if (mounted && mounted.fsType === `fuse.${FUSE_SUBTYPE}` && deadQcowMount(resolved)) return DEAD(display);
   if (mounted) return `${display}: already a mount point (${mounted.fsType} from ${mounted.source}); unmount it first or choose another folder`;
   let entries: string[];
   try {

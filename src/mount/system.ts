@@ -4,6 +4,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+/** FUSE type suffix: our mounts show as `fuse.qcow-mount` in /proc/self/mountinfo. */
+export const FUSE_SUBTYPE = 'qcow-mount';
+
 /** One line of /proc/self/mountinfo. */
 export interface MountEntry {
   id: number;
