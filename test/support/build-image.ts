@@ -393,10 +393,15 @@ export class L1Space {
   compressedCluster(guestCluster: number, content: Uint8Array, options: { skip?: number; trailing?: Uint8Array; raw?: Uint8Array } = {}): { offset: number; length: number; entry: bigint } {
     const b = this.builder;
     const data = options.raw ?? b.compress(content);
+    // QEMU stores a cluster compressed only when that takes less than a cluster (else uncompressed).
+    if (!options.raw && data.length >= b.clusterSize) throw new Error(`cluster does not compress (${data.length} bytes)`);
     b.appendBytes(options.skip ?? 0);
     const at = b.appendBytes(data.length);
     b.image.set(data, at);
-    if (options.trailing) b.image.set(options.trailing, b.appendBytes(options.trailing.length));
+    if (options.trailing) {
+      const after = b.appendBytes(options.trailing.length); // may grow (replace) b.image
+      b.image.set(options.trailing, after);
+    }
     const entry = compressedEntry(b.clusterBits, at, data.length);
     this.setEntry(guestCluster, entry);
     return { offset: at, length: data.length, entry };
