@@ -242,8 +242,9 @@ export function decodeHeader(bytes: Uint8Array, file: string, fileSize: number):
     header.backingFile = be.text(at, length);
   }
 
-  checkTable(file, fileSize, clusterSize, 'l1_table_offset', header.l1TableOffset, header.l1Size * 8, 'L1 table');
+  // The size limit first: l1_size 2^30 is refused as too large by name, whatever the file size.
   if (header.l1Size * 8 > MAX_L1_BYTES) bad(`l1_size ${header.l1Size} is too large (the L1 table may be at most ${MAX_L1_BYTES} bytes)`);
+  checkTable(file, fileSize, clusterSize, 'l1_table_offset', header.l1TableOffset, header.l1Size * 8, 'L1 table');
   const l2Span = l2EntriesPerTable(header) * clusterSize;
   const needed = Math.ceil(header.size / l2Span);
   if (header.l1Size < needed) bad(`l1_size ${header.l1Size} is too small for a disk of ${header.size} bytes (needs ${needed})`);
