@@ -24,8 +24,14 @@ export function walkRange(meta: Qcow2Metadata, l1: Float64Array, origin: number,
   while (pos < end) {
     const guest = origin + pos;
     const l1Index = Math.floor(guest / l2Span);
+    if (l1Index >= l1.length) {
+      // Past the L1 table nothing is mapped: one unallocated run to the end, not one per L2 span (a
+      // snapshot may claim a 1 PiB disk with a one-entry L1 table).
+      visit.unallocated(pos - position, end - pos, pos);
+      return;
+    }
     const spanEnd = Math.min(end, (l1Index + 1) * l2Span - origin);
-    const l2Offset = l1Index < l1.length ? l1[l1Index] : 0;
+    const l2Offset = l1[l1Index]!;
     if (l2Offset === 0) {
       visit.unallocated(pos - position, spanEnd - pos, pos);
       pos = spanEnd;
