@@ -49,7 +49,9 @@ export class Qcow2Metadata {
     if (offset % this.clusterSize !== 0) {
       throw new QcowError('EIO', this.file.path, `L2 table offset ${hex(offset)} (L1 index ${l1Index}) is not cluster aligned`);
     }
-    if (offset + this.clusterSize > this.file.size) {
+    // A table that starts past the end is EIO; one cut by the end reads zeros (unallocated entries)
+    // past it, as QEMU's file driver reads a truncated image.
+    if (offset >= this.file.size) {
       throw new QcowError('EIO', this.file.path, `L2 table at ${hex(offset)} (L1 index ${l1Index}) lies past the end of the file (size ${this.file.size})`);
     }
     const bytes = Buffer.allocUnsafe(this.clusterSize);
