@@ -95,7 +95,7 @@ function buildImage(imagePath: string, options: OpenOptions, caches: SharedCache
     const name = options.dataFile ?? header.dataFile;
     if (name === undefined) throw new QcowError('EBADIMAGE', file.path, 'needs an external data file but names none (pass dataFile)');
     dataFilePath = options.dataFile ? path.resolve(options.dataFile) : resolveNamedFile(file.path, name, 'external data file');
-    dataFile = HostFile.open(dataFilePath, { allowNonRegular: options.allowNonRegularFiles });
+    dataFile = options.dataFile ? HostFile.open(dataFilePath, { allowNonRegular: options.allowNonRegularFiles }) : openNamedFile(file.path, 'external data file', name, dataFilePath, options);
     opened.push(dataFile);
   }
 
@@ -214,7 +214,7 @@ function openBacking(
   if (seen.includes(real)) {
     throw new QcowError('EBADIMAGE', namingPath, `backing file cycle: ${[...seen, real].map((p) => path.basename(p)).join(' -> ')}`);
   }
-  const file = HostFile.open(target, { allowNonRegular: options.allowNonRegularFiles });
+  const file = openNamedFile(namingPath, 'backing file', name, target, options);
   opened.push(file);
 
   let format: ImageFormat;
@@ -238,7 +238,7 @@ function openBacking(
   let dataFile = file;
   if (backingHeader.hasDataFile) {
     if (backingHeader.dataFile === undefined) throw new QcowError('EBADIMAGE', file.path, 'needs an external data file but names none');
-    dataFile = HostFile.open(resolveNamedFile(file.path, backingHeader.dataFile, 'external data file'), { allowNonRegular: options.allowNonRegularFiles });
+    dataFile = openNamedFile(file.path, 'external data file', backingHeader.dataFile, resolveNamedFile(file.path, backingHeader.dataFile, 'external data file'), options);
     opened.push(dataFile);
   }
   chain.push({ depth, name, path: file.path, format, formatSource, size: backingHeader.size, header: backingHeader });
@@ -246,6 +246,21 @@ function openBacking(
   const below = openBacking(file.path, backingHeader, depth + 1, options, caches, opened, chain, [...seen, real]);
   const l1 = loadL1Table(file, backingHeader.l1TableOffset, backingHeader.l1Size, backingHeader.clusterSize, 'active');
   return new Qcow2Disk(meta, () => l1, backingHeader.size, below);
+}
+
+/**
+ * Opens a file an image names (backing or external data file) so that a failure starts with the image
+ * that names it: `top.qcow2: backing file "base.qcow2" (/abs/base.qcow2): no such file`. The code is
+ * kept (ENOENT, EACCES, EBADIMAGE).
+ */
+function openNamedFile(namingPath: string, what: string, name: string, target: string, options: OpenOptions): HostFile {
+  try {
+    return HostFile.open(target, { allowNonRegular: options.allowNonRegularFiles });
+  } catch (err) {
+    if (!(err instanceof QcowError)) throw err;
+    const problem = err.message.startsWith(`${err.file}: `) ? err.message.slice(err.file.length + 2) : err.message;
+    throw new QcowError(err.code, namingPath, `${what} "${name}" (${target}): ${problem}`, { cause: err });
+  }
 }
 
 /** Formats we recognise by their magic but cannot read: never mistake them for raw data. */
