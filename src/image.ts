@@ -183,7 +183,12 @@ function readSnapshotTable(file: HostFile, header: Header): SnapshotEntry[] {
       const have = header.snapshotsOffset + window.length;
       if (have >= tableEnd) {
         const why = tableEnd < file.size ? `the snapshot table exceeds ${MAX_SNAPSHOT_TABLE_BYTES} bytes` : `it runs past the end of the file (size ${file.size})`;
-        throw new QcowError('EBADIMAGE', file.path, `snapshot ${i} of ${count} (entry at ${hex(header.snapshotsOffset + at)}) is cut short: ${why}`);
+        // Name the sizes that make the entry this long, where its fixed part is there to say them.
+        const sizes =
+          at + 40 <= window.length
+            ? ` (extra_data_size ${window.readUInt32BE(at + 36)}, id_str_size ${window.readUInt16BE(at + 12)}, name_size ${window.readUInt16BE(at + 14)})`
+            : '';
+        throw new QcowError('EBADIMAGE', file.path, `snapshot ${i} of ${count} (entry at ${hex(header.snapshotsOffset + at)}) is cut short${sizes}: ${why}`);
       }
       const more = Math.min(tableEnd - have, Math.max(65536, window.length));
       const next = Buffer.allocUnsafe(window.length + more);
