@@ -344,6 +344,32 @@ describe.skipIf(!ready)('errors before mounting: one line, an exit code, nothing
     nothingLeftFor(mnt);
   });
 
+  // A module preloaded with --import runs in the parent and (passed on with execArgv) in the daemon
+  // child; these make only the child fail, after the parent's checks passed.
+  it.each([
+    [
+      'the daemon fails before it is ready: its one-line error, exit 3',
+      `if (process.argv.includes('--daemon-child')) fs.writeFileSync(process.argv.at(-1) + '/intruder', '');`,
+      3,
+      /^qcow-mount: .*mount point is not empty/,
+    ],
+    [
+      'the daemon dies before it is ready: exit 3, pointing at the log',
+      `if (process.argv.includes('--daemon-child')) process.kill(process.pid, 'SIGKILL');`,
+      3,
+      /^qcow-mount: the daemon was killed by SIGKILL before the mount was ready; see .*\.log$/,
+    ],
+  ])('%s', (_name, hookCode, status, message) => {
+    const hook = scratch.path(`hook-${status}-${Math.random().toString(36).slice(2)}.mjs`);
+    fs.writeFileSync(hook, `import fs from 'node:fs';\n${hookCode}\n`);
+    const mnt = scratch.mountPoint('childfail');
+    const r = scratch.cli([image, mnt], { nodeArgs: ['--import', hook] });
+    expect(r.status, r.stderr).toBe(status);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr.trim()).toMatch(message);
+    nothingLeftFor(mnt);
+  });
+
   it('unreadable image (as an unprivileged user)', () => {
     const dir = scratch.path('locked');
     fs.mkdirSync(dir, { mode: 0o755 });

@@ -51,9 +51,10 @@ export class Scratch {
   }
 
   /** Runs the CLI and waits for it (a background mount returns once ready). */
-  cli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeout?: number; prefix?: string[] } = {}): SpawnSyncReturns<string> {
+  cli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeout?: number; prefix?: string[]; nodeArgs?: string[] } = {}): SpawnSyncReturns<string> {
+    const node = [...(opts.nodeArgs ?? []), CLI, ...args];
     const cmd = opts.prefix ? opts.prefix[0]! : process.execPath;
-    const argv = opts.prefix ? [...opts.prefix.slice(1), process.execPath, CLI, ...args] : [CLI, ...args];
+    const argv = opts.prefix ? [...opts.prefix.slice(1), process.execPath, ...node] : node;
     return spawnSync(cmd, argv, { env: opts.env ?? this.env(), encoding: 'utf8', timeout: opts.timeout ?? 90_000 });
   }
 

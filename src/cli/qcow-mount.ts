@@ -169,7 +169,10 @@ async function runChild(config: DaemonConfig): Promise<number> {
   return new Promise((resolve) => {
     void runDaemon(config, {
       ready: (info) => {
-        process.send?.({ type: 'ready', pid: info.pid }, () => process.disconnect?.());
+        // If the parent is gone (killed while waiting), keep serving: qcow-mount -u ends the mount.
+        process.send?.({ type: 'ready', pid: info.pid }, () => {
+          if (process.connected) process.disconnect();
+        });
       },
       failed: (message, code) => {
         process.stderr.write(`${new Date().toISOString()} ${PROG}[${process.pid}]: ${message}\n`);
@@ -209,26 +212,41 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
     fs.closeSync(logFd);
   }
 
-  const outcome = await new Promise<ChildMessage | { type: 'exit'; code: number | null; signal: string | null } | { type: 'timeout' }>((resolve) => {
+  type Outcome = ChildMessage | { type: 'exit'; code: number | null; signal: string | null } | { type: 'timeout' } | { type: 'interrupted'; signal: string };
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  const handlers: [NodeJS.Signals, () => void][] = [];
+  const outcome = await new Promise<Outcome>((resolve) => {
     const timer = setTimeout(() => resolve({ type: 'timeout' }), READY_TIMEOUT_MS);
-    child.on('message', (m: ChildMessage) => {
+    const done = (o: Outcome) => {
       clearTimeout(timer);
-      resolve(m);
-    });
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ type: 'exit', code, signal });
-    });
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      resolve({ type: 'failed', message: `cannot start the daemon: ${err.message}`, code: EXIT.MOUNT });
-    });
+      resolve(o);
+    };
+    child.on('message', (m: ChildMessage) => done(m));
+    child.on('exit', (code, signal) => done({ type: 'exit', code, signal }));
+    child.on('error', (err) => done({ type: 'failed', message: `cannot start the daemon: ${err.message}`, code: EXIT.MOUNT }));
+    for (const sig of signals) {
+      const h = () => done({ type: 'interrupted', signal: sig });
+      handlers.push([sig, h]);
+      process.once(sig, h);
+    }
   });
+  for (const [sig, h] of handlers) process.removeListener(sig, h);
 
-  const cleanUp = () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  /** Stops a child that did not get ready and takes down any mount it made: nothing is left behind. */
+  const cleanUp = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const gone = new Promise<void>((r) => child.once('exit', () => r()));
+      child.kill('SIGKILL');
+      await Promise.race([gone, new Promise((r) => setTimeout(r, 3000))]);
+    }
     const left = findMount(mountPoint);
-    if (left && left.fsType.endsWith(FUSE_SUBTYPE)) unmountSync(mountPoint, true);
+    if (left && left.fsType === `fuse.${FUSE_SUBTYPE}`) unmountSync(mountPoint, true);
+    const pidFile = pidFilePath(mountPoint);
+    try {
+      if ((JSON.parse(fs.readFileSync(pidFile, 'utf8')) as { pid?: number }).pid === child.pid) fs.rmSync(pidFile, { force: true });
+    } catch {
+      // no pid file
+    }
   };
 
   if (outcome.type === 'ready') {
@@ -236,7 +254,7 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
     try {
       fs.statSync(path.join(mountPoint, 'info.json'));
     } catch (err) {
-      cleanUp();
+      await cleanUp();
       throw new CliError(`${mountPointArg}: the mount does not answer (${errorMessage(err)}); see ${logPath}`, EXIT.MOUNT);
     }
     if (child.connected) child.disconnect();
@@ -252,10 +270,11 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
         r();
       });
     });
-    cleanUp();
+    await cleanUp();
     throw new CliError(outcome.message, outcome.code);
   }
-  cleanUp();
+  await cleanUp();
+  if (outcome.type === 'interrupted') throw new CliError(`interrupted (${outcome.signal}) before the mount was ready; nothing is mounted`, EXIT.MOUNT);
   if (outcome.type === 'timeout') throw new CliError(`${mountPointArg}: the daemon did not report ready within ${READY_TIMEOUT_MS / 1000} s; see ${logPath}`, EXIT.MOUNT);
   const how = outcome.signal ? `was killed by ${outcome.signal}` : `exited with code ${outcome.code}`;
   throw new CliError(`the daemon ${how} before the mount was ready; see ${logPath}`, EXIT.MOUNT);
