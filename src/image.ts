@@ -105,7 +105,7 @@ function buildImage(imagePath: string, options: OpenOptions, caches: SharedCache
   const activeL1 = loadL1Table(file, header.l1TableOffset, header.l1Size, header.clusterSize, 'active');
   const active = new Qcow2Disk(meta, () => activeL1, header.size, backing);
   const l2Span = l2EntriesPerTable(header) * header.clusterSize;
-  const snapshots = readSnapshotTable(file, header).map((e) => new Snapshot(e, header.size, l2Span, file, header.clusterSize));
+  const snapshots = readSnapshotTable(file, header).map((e) => new Snapshot(e, header.size, l2Span, file, header.clusterSize, caches.snapshotL1));
 
   const disks = new Map<Snapshot, Disk>();
   const vmStates = new Map<Snapshot, Disk>();
@@ -143,6 +143,7 @@ function buildImage(imagePath: string, options: OpenOptions, caches: SharedCache
       for (const f of opened) f.close();
       caches.l2.clear();
       caches.clusters.clear();
+      caches.snapshotL1.clear();
     },
   };
 }

@@ -3,6 +3,7 @@ import { MAX_L1_BYTES } from './format/header.js';
 import { l1EntryOffset } from './format/l2.js';
 import type { SnapshotEntry } from './format/snapshot.js';
 import type { HostFile } from './io/host-file.js';
+import type { LRUCache } from 'lru-cache';
 
 /** Reads and decodes an L1 table (offsets of L2 tables; 0 where none), checked against the file. */
 export function loadL1Table(file: HostFile, offset: number, entries: number, clusterSize: number, what: string): Float64Array {
@@ -42,7 +43,6 @@ export class Snapshot implements SnapshotEntry {
   readonly diskSize: number;
   /** Guest offset in the snapshot's L1 space where the VM state starts: the first L2 span past the disk. */
   readonly vmStateOffset: number;
-  private l1?: Float64Array;
 
   constructor(
     entry: SnapshotEntry,
@@ -50,6 +50,11 @@ export class Snapshot implements SnapshotEntry {
     l2Span: number,
     private readonly file: HostFile,
     private readonly clusterSize: number,
+    /**
+     * Where loaded L1 tables are kept (the image's bounded SharedCaches.snapshotL1); without it the
+     * table is read again on every call.
+     */
+    private readonly l1Cache?: LRUCache<string, Float64Array>,
   ) {
     this.index = entry.index;
     this.entryOffset = entry.entryOffset;
@@ -79,9 +84,16 @@ export class Snapshot implements SnapshotEntry {
     return this.vmStateSize > 0;
   }
 
-  /** Offsets of the L2 tables this snapshot's L1 table names (0 = none), loaded on first use. */
+  /**
+   * Offsets of the L2 tables this snapshot's L1 table names (0 = none), loaded on first use and kept in
+   * the image's bounded L1 cache (shared by snapshots naming the same table).
+   */
   l1Table(): Float64Array {
-    this.l1 ??= loadL1Table(this.file, this.l1TableOffset, this.l1Size, this.clusterSize, `snapshot ${this.index} ("${this.name}", id ${this.uniqueId})`);
-    return this.l1;
+    const key = `${this.file.id}:${this.l1TableOffset}:${this.l1Size}`;
+    const cached = this.l1Cache?.get(key);
+    if (cached) return cached;
+    const l1 = loadL1Table(this.file, this.l1TableOffset, this.l1Size, this.clusterSize, `snapshot ${this.index} ("${this.name}", id ${this.uniqueId})`);
+    this.l1Cache?.set(key, l1);
+    return l1;
   }
 }

@@ -2,6 +2,8 @@ import { LRUCache } from 'lru-cache';
 
 export const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
 export const DEFAULT_CLUSTER_CACHE_BYTES = 32 * 1024 * 1024;
+/** Snapshot L1 tables kept loaded; one table is at most 32 MiB (MAX_L1_BYTES), so one always fits. */
+export const DEFAULT_SNAPSHOT_L1_CACHE_BYTES = 32 * 1024 * 1024;
 /** One table or cluster is at most 2 MiB; a cache must hold at least one. */
 const MIN_CACHE_BYTES = 2 * 1024 * 1024;
 
@@ -10,6 +12,12 @@ export interface CacheOptions {
   l2CacheBytes?: number;
   /** Bytes of decompressed clusters kept (default 32 MiB). */
   clusterCacheBytes?: number;
+  /**
+   * Bytes of snapshot L1 tables kept loaded (default and minimum 32 MiB, the largest one table can be).
+   * Without a bound, reading from many snapshots whose (possibly overlapping) L1 tables are large
+   * would keep every table for good.
+   */
+  snapshotL1CacheBytes?: number;
 }
 
 /**
@@ -19,6 +27,8 @@ export interface CacheOptions {
 export class SharedCaches {
   readonly l2: LRUCache<number | string, DataView>;
   readonly clusters: LRUCache<number | string, Buffer>;
+  /** Snapshot L1 tables, keyed by file id, offset and entry count. */
+  readonly snapshotL1: LRUCache<string, Float64Array>;
   l2Loads = 0;
   clusterInflations = 0;
 
@@ -27,6 +37,8 @@ export class SharedCaches {
     const clusterBytes = Math.max(MIN_CACHE_BYTES, options.clusterCacheBytes ?? DEFAULT_CLUSTER_CACHE_BYTES);
     this.l2 = new LRUCache({ maxSize: l2Bytes, sizeCalculation: (v) => v.byteLength });
     this.clusters = new LRUCache({ maxSize: clusterBytes, sizeCalculation: (v) => v.byteLength });
+    const l1Bytes = Math.max(DEFAULT_SNAPSHOT_L1_CACHE_BYTES, options.snapshotL1CacheBytes ?? DEFAULT_SNAPSHOT_L1_CACHE_BYTES);
+    this.snapshotL1 = new LRUCache({ maxSize: l1Bytes, sizeCalculation: (v) => Math.max(1, v.byteLength) });
   }
 }
 
