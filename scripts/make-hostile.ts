@@ -526,6 +526,10 @@ function build(dir: string): HostileEntry[] {
   makeManySnapshots(b, 'snapshots-65535-real.qcow2', 65535);
   b.add({ name: 'snapshots-65535-real', description: 'a real table of 65535 snapshots (all sharing one L1 table): opens in bounded time and memory', file: 'snapshots-65535-real.qcow2', expect: 'ok', messageIncludes: [], oracles: { active: 'base.raw', 'snapshot:s65535': 'base.raw' }, qemu: 'reads', chunk: 4096 });
 
+  makeManySnapshots(b, 'snapshots-l1-overlapping.qcow2', 512, 1 << 20);
+  fs.writeFileSync(b.p('zeros-8m.raw'), Buffer.alloc(8 * MiB));
+  b.add({ name: 'snapshots-l1-overlapping', description: '512 snapshots, each with its own 8 MiB L1 table, all overlapping in 10 MiB of file: reading them all stays in bounded memory', file: 'snapshots-l1-overlapping.qcow2', expect: 'ok', messageIncludes: [], oracles: { active: 'base.raw', 'snapshot:s1': 'zeros-8m.raw', 'snapshot:s512': 'zeros-8m.raw' }, qemu: 'reads', chunk: 65536 });
+
   // --- Backing files ----------------------------------------------------------------------------------
   const overlay = (file: string, backing: string, format = 'qcow2') => {
     fs.mkdirSync(path.dirname(b.p(file)), { recursive: true });
@@ -629,24 +633,33 @@ function findExtensionEnd(file: string): number {
 }
 
 /**
- * Appends a snapshot table of `count` entries, every one naming a copy of the active L1 table, named
- * s1..sN with ids 1..N. The refcounts are not updated (a reader does not look at them).
+ * Appends a snapshot table of `count` entries named s1..sN with ids 1..N. By default every entry names
+ * one copy of the active L1 table; with `overlapping`, entry k names its own L1 table of
+ * `overlapping` entries at k clusters into one zero-filled area (the tables overlap, so the file stays
+ * small while the tables together are huge). Refcounts are not updated: a reader does not use them.
  */
-function makeManySnapshots(b: Builder, file: string, count: number): void {
+function makeManySnapshots(b: Builder, file: string, count: number, overlapping?: number): void {
   const f = b.copy('base.qcow2', file);
   const g = geometry(f);
   let end = Math.ceil(fs.statSync(f).size / g.clusterSize) * g.clusterSize;
-  const l1Copy = end;
-  writeAt(f, l1Copy, readAt(f, g.l1Offset, g.l1Size * 8));
-  end += g.clusterSize;
+  const l1Area = end;
+  let l1Entries = g.l1Size;
+  if (overlapping) {
+    l1Entries = overlapping;
+    end += overlapping * 8 + count * g.clusterSize;
+    fs.truncateSync(f, end); // zeros: every L1 entry unallocated
+  } else {
+    writeAt(f, l1Area, readAt(f, g.l1Offset, g.l1Size * 8));
+    end += g.clusterSize;
+  }
   const parts: Buffer[] = [];
   for (let i = 1; i <= count; i++) {
     const id = Buffer.from(String(i));
     const name = Buffer.from(`s${i}`);
     const size = Math.ceil((40 + 16 + id.length + name.length) / 8) * 8;
     const e = Buffer.alloc(size);
-    e.writeBigUInt64BE(BigInt(l1Copy), 0);
-    e.writeUInt32BE(g.l1Size, 8);
+    e.writeBigUInt64BE(BigInt(overlapping ? l1Area + (i - 1) * g.clusterSize : l1Area), 0);
+    e.writeUInt32BE(l1Entries, 8);
     e.writeUInt16BE(id.length, 12);
     e.writeUInt16BE(name.length, 14);
     e.writeUInt32BE(1_700_000_000 + i, 16);
