@@ -339,6 +339,18 @@ function build(dir: string): HostileEntry[] {
   b.qimg('convert', '-O', 'raw', 'chain-top.qcow2', 'chain-top.raw');
   b.ok('backing-chain', 'chain-top.qcow2', 'valid: an overlay on a qcow2 backing file', { active: 'chain-top.raw' });
 
+  // v2: the old header (72 bytes, no feature fields).
+  b.qimg('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096,compat=0.10', 'v2.qcow2', '4M');
+  b.qio('v2.qcow2', 'write -P 0x21 0 128k', 'write -P 0x22 3M 64k');
+  b.qimg('convert', '-O', 'raw', 'v2.qcow2', 'v2.raw');
+  b.ok('version-2', 'v2.qcow2', 'valid: a version 2 image', { active: 'v2.raw' });
+
+  // An external data file (named relatively), valid.
+  b.qimg('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096,data_file=datafile-data.raw', 'datafile.qcow2', '2M');
+  b.qio('datafile.qcow2', 'write -P 0x31 0 64k', 'write -P 0x32 1M 64k');
+  b.qimg('convert', '-O', 'raw', 'datafile.qcow2', 'datafile.raw');
+  b.ok('external-data-file', 'datafile.qcow2', 'valid: guest data in an external data file', { active: 'datafile.raw' });
+
   const g = geometry(b.p('base.qcow2'));
 
   // --- Header ----------------------------------------------------------------------------------------
