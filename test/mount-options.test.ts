@@ -1,6 +1,10 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CliError, EXIT, parseSize } from '../src/cli/common.js';
 import { parseMountOptions } from '../src/mount/options.js';
+import { allowOtherProblem } from '../src/mount/preflight.js';
 
 function usageError(fn: () => unknown): CliError {
   try {
@@ -64,5 +68,26 @@ describe('parseSize', () => {
     for (const bad of ['', 'abc', '-1', '1.5M', '1P', 'M', '99999999999999999999']) {
       expect(() => parseSize(bad), bad).toThrow(CliError);
     }
+  });
+});
+
+describe('allow_other needs user_allow_other for users other than root', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow-mount-conf-'));
+  const conf = (text: string) => {
+    const p = path.join(dir, `fuse-${Math.random()}.conf`);
+    fs.writeFileSync(p, text);
+    return p;
+  };
+
+  it('is fine for root, or without allow_other', () => {
+    expect(allowOtherProblem(true, 0, '/nonexistent')).toBeUndefined();
+    expect(allowOtherProblem(false, 1000, '/nonexistent')).toBeUndefined();
+  });
+
+  it('reads /etc/fuse.conf for other users', () => {
+    expect(allowOtherProblem(true, 1000, conf('# mount_max = 1000\nuser_allow_other\n'))).toBeUndefined();
+    expect(allowOtherProblem(true, 1000, conf('#user_allow_other\n'))).toMatch(/needs user_allow_other in .*fuse-.*\.conf/);
+    expect(allowOtherProblem(true, 1000, '/nonexistent/fuse.conf')).toMatch(/needs user_allow_other/);
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 });

@@ -131,7 +131,7 @@ async function main(argv: string[]): Promise<number> {
   if (opts.daemonChild) return runChild(daemonConfig(image, mountPointArg, options, opts, opts.log ?? null));
 
   checkImage(image, options);
-  const problem = mountProblem(mountPointArg);
+  const problem = mountProblem(mountPointArg, options);
   if (problem) throw new CliError(problem, EXIT.MOUNT);
 
   if (opts.foreground) return runForeground(daemonConfig(image, mountPointArg, options, opts, null));

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import { openImageSync } from '../image.js';
 import type { QcowImage } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../cli/common.js';
@@ -41,6 +42,28 @@ export interface DaemonHooks {
 /** How often the daemon checks that its mount and its FUSE session are still there. */
 const WATCH_INTERVAL_MS = 250;
 
+/**
+ * libfuse and fusermount explain a refused mount on stderr (the log file, in the background): the last
+ * such line says more than fuse-native's "fuse failed".
+ */
+function libfuseComplaint(logPath: string | null): string | undefined {
+  if (!logPath) return undefined;
+  try {
+    const fd = fs.openSync(logPath, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const tail = Buffer.alloc(Math.min(size, 4096));
+      fs.readSync(fd, tail, 0, tail.length, size - tail.length);
+      const lines = tail.toString('utf8').split('\n').filter((l) => /^(fuse|fusermount3?): /.test(l));
+      return lines.pop()?.trim();
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return undefined;
+  }
+}
+
 export function stderrLogger(): Logger {
   return {
     log(line: string) {
@@ -65,7 +88,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
     hooks.failed(errorMessage(err), exitCodeFor(err, EXIT.IMAGE));
     return;
   }
-  const problem = mountProblem(config.mountPoint);
+  const problem = mountProblem(config.mountPoint, config.options);
   if (problem) {
     image.close();
     hooks.failed(problem, EXIT.MOUNT);
@@ -88,7 +111,8 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
       await unmountAsync(config.mountPoint, true);
     }
     image.close();
-    hooks.failed(`${config.mountPoint}: mount failed: ${errorMessage(err)}`, EXIT.MOUNT);
+    const why = libfuseComplaint(config.logPath) ?? errorMessage(err);
+    hooks.failed(`${config.mountPoint}: mount failed: ${why}`, EXIT.MOUNT);
     return;
   }
 

@@ -57,7 +57,23 @@ export function mountPointProblem(display: string): string | undefined {
   return undefined;
 }
 
-/** Everything checked before mounting, besides the image: the mount point and /dev/fuse. */
-export function mountProblem(display: string): string | undefined {
-  return mountPointProblem(display) ?? fuseDeviceProblem();
+/** Where fusermount reads user_allow_other from. */
+export const FUSE_CONF = '/etc/fuse.conf';
+
+/** allow_other for a user other than root needs `user_allow_other` in /etc/fuse.conf (fusermount's rule). */
+export function allowOtherProblem(allowOther: boolean, uid = process.getuid?.() ?? 0, conf = FUSE_CONF): string | undefined {
+  if (!allowOther || uid === 0) return undefined;
+  let text = '';
+  try {
+    text = fs.readFileSync(conf, 'utf8');
+  } catch {
+    // no file: not allowed
+  }
+  const allowed = text.split('\n').some((line) => line.replace(/#.*/, '').trim() === 'user_allow_other');
+  return allowed ? undefined : `-o allow_other needs user_allow_other in ${conf} when not mounting as root`;
+}
+
+/** Everything checked before mounting, besides the image: the mount point, /dev/fuse, allow_other. */
+export function mountProblem(display: string, options: { allowOther?: boolean } = {}): string | undefined {
+  return mountPointProblem(display) ?? fuseDeviceProblem() ?? allowOtherProblem(!!options.allowOther);
 }
