@@ -327,6 +327,34 @@ describe('refusals and errors leave nothing behind', () => {
     expect(leftovers(dir, ['disk.qcow2'])).toEqual([]);
   });
 
+  it.skipIf(!manifest)('a corrupt compressed cluster, found by a worker thread: exit 2, no output file', () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 'corrupt-z-'));
+    const img = path.join(dir, 'disk.qcow2');
+    fs.copyFileSync(fixturePath(manifest!.images.find((i) => i.name === 'zlib-c64k')!.image), img);
+    const fd = fs.openSync(img, 'r+');
+    const header = Buffer.alloc(48);
+    fs.readSync(fd, header, 0, 48, 0);
+    const clusterBits = header.readUInt32BE(20);
+    const l1 = Number(header.readBigUInt64BE(40));
+    const l1e = Buffer.alloc(8);
+    fs.readSync(fd, l1e, 0, 8, l1);
+    const l2 = Buffer.alloc(2 ** clusterBits);
+    fs.readSync(fd, l2, 0, l2.length, Number(l1e.readBigUInt64BE(0) & 0x00fffffffffffe00n));
+    let host = -1;
+    for (let i = 0; i < l2.length / 8 && host < 0; i++) {
+      const e = l2.readBigUInt64BE(i * 8);
+      if (e & (1n << 62n)) host = Number(e & ((1n << BigInt(62 - (clusterBits - 8))) - 1n));
+    }
+    expect(host).toBeGreaterThan(0);
+    fs.writeSync(fd, Buffer.alloc(64, 0xff), 0, 64, host);
+    fs.closeSync(fd);
+    const out = path.join(dir, 'out.raw');
+    expectOneLineError(run([img, out], { QCOW_EXPORT_WORKERS: '2' }), 2, /disk\.qcow2: compressed cluster at 0x[0-9a-f]+ .*zlib data is corrupt/);
+    expect(leftovers(dir, ['disk.qcow2'])).toEqual([]);
+    expectOneLineError(run([img, out], { QCOW_EXPORT_WORKERS: '0' }), 2, /disk\.qcow2: compressed cluster at 0x[0-9a-f]+ .*zlib data is corrupt/);
+    expect(leftovers(dir, ['disk.qcow2'])).toEqual([]);
+  });
+
   it.skipIf(!manifest?.images.some((i) => i.name === 'huge-2t'))('SIGTERM during a long export: non-zero exit, no output, no temporary file', async () => {
     const dir = fs.mkdtempSync(path.join(tmp, 'signal-'));
     const out = path.join(dir, 'out.raw');
