@@ -42,7 +42,7 @@ Files in the mount (all read-only; files 0444, folders 0555):
   else NAME#INDEX; info.json maps every snapshot to its files.
 
 Mount options (-o, comma-separated; several -o add up):
-  allow_other                let other users see the mount (needs user_allow_other in /etc/fuse.conf)
+  allow_other                let other users see the mount (non-root: needs user_allow_other in /etc/fuse.conf)
   uid=N, gid=N               owner shown for every file (default: you)
   ro                         accepted; the mount is always read-only
   l2_cache_size=SIZE         L2 table cache (default 32M); K, M, G suffixes
