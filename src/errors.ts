@@ -13,11 +13,27 @@ export class QcowError extends Error {
   readonly file: string;
 
   constructor(code: QcowErrorCode, file: string, problem: string, options?: { cause?: unknown }) {
-    super(`${file}: ${problem}`, options);
+    super(oneLine(`${file}: ${problem}`), options);
     this.name = 'QcowError';
     this.code = code;
     this.file = file;
   }
+}
+
+/**
+ * The message with control characters escaped (`\n`, `\x1b`...): names taken from an image (backing
+ * and data file names, snapshot names, feature names) may hold any byte, and a message must stay one
+ * line in a terminal and in the daemon's log.
+ */
+export function oneLine(message: string): string {
+  // eslint-disable-next-line no-control-regex
+  return message.replace(/[\x00-\x1f\x7f\x85\u2028\u2029]/g, (c) => {
+    if (c === '\n') return '\\n';
+    if (c === '\r') return '\\r';
+    if (c === '\t') return '\\t';
+    const code = c.charCodeAt(0);
+    return code > 0xff ? `\\u${code.toString(16).padStart(4, '0')}` : `\\x${code.toString(16).padStart(2, '0')}`;
+  });
 }
 
 export function hex(n: number | bigint): string {
