@@ -726,3 +726,73 @@ describe('version 2 image', () => {
     expect(read(image.active, 0, expected.length).equals(expected)).toBe(true);
   });
 });
+
+// ---------------------------------------------------------------------------------------------------
+// Snapshot tables: sizes that differ from the current one, long tables, cut tables
+
+describe('snapshot tables and sizes', () => {
+  const C = 512;
+  const SPAN = 64 * C;
+
+  it('a snapshot larger than the current disk (the disk shrank) and one without extra data', async () => {
+    const b = new ImageBuilder({ clusterBits: 9, size: SPAN });
+    b.active.write(0, pattern(C, 1));
+    const big = b.space('big');
+    const far = pattern(C, 2);
+    big.write(2 * SPAN + 3 * C, far);
+    b.addSnapshot({ space: big, id: '1', name: 'before shrink', diskSize: 3 * SPAN - 100 });
+    const old = b.space('old');
+    old.shareL2(b.active, 0);
+    b.addSnapshot({ space: old, id: '2', name: 'v2 style', extraDataSize: 0, vmStateSize: 0 });
+    const image = await open(b);
+    const [s1, s2] = image.snapshots;
+    const disk = image.snapshotDisk(s1!);
+    expect(disk.size).toBe(3 * SPAN - 100);
+    const expected = Buffer.alloc(3 * SPAN - 100);
+    far.copy(expected, 2 * SPAN + 3 * C);
+    expect(read(disk, 0, 3 * SPAN).equals(expected)).toBe(true);
+    // No extra data: the disk size is the image's current size.
+    expect([s2!.extraDataSize, s2!.diskSize, image.snapshotDisk(s2!).size]).toEqual([0, SPAN, SPAN]);
+    expect(read(image.snapshotDisk(s2!), 0, C).equals(pattern(C, 1))).toBe(true);
+  });
+
+  it('reads a table of 3000 entries, whose entries straddle the read steps', async () => {
+    const b = new ImageBuilder({ clusterBits: 9, size: SPAN });
+    b.active.write(0, pattern(C, 1));
+    const shared = b.space('shared');
+    shared.shareL2(b.active, 0);
+    const names: string[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const name = `snapshot ${i} ${'x'.repeat(i % 37)}`;
+      names.push(name);
+      b.addSnapshot({ space: shared, id: String(i + 1), name, dateSec: i, extraDataSize: i % 2 ? 16 : 24, icount: BigInt(i) });
+    }
+    const image = await open(b);
+    expect(image.snapshots).toHaveLength(3000);
+    image.snapshots.forEach((s, i) => {
+      expect([s.index, s.uniqueId, s.name, s.time.seconds]).toEqual([i, String(i + 1), names[i], i]);
+      expect(s.extraData.icount).toBe(i % 2 ? undefined : BigInt(i));
+    });
+    expect(read(image.snapshotDisk(image.snapshots[2999]!), 0, C).equals(pattern(C, 1))).toBe(true);
+  });
+
+  it('refuses a table cut short by the end of the file', async () => {
+    const b = new ImageBuilder({ clusterBits: 9, size: SPAN });
+    const s = b.space('s');
+    s.write(0, pattern(C, 1));
+    b.addSnapshot({ space: s, id: '1', name: 'a'.repeat(400) });
+    const bytes = b.build();
+    // The table is the last thing in the file: cut its entry (40 + 16 + 1 + 400 bytes) after 100 bytes.
+    const tableAt = Number(bytes.readBigUInt64BE(64));
+    const file = tmp.file('cut-table.qcow2');
+    fs.writeFileSync(file, bytes.subarray(0, tableAt + 100));
+    const err = await openImage(file).then(
+      () => undefined,
+      (e: unknown) => e as QcowError,
+    );
+    expect(err).toBeInstanceOf(QcowError);
+    expect(err!.code).toBe('EBADIMAGE');
+    expect(err!.message.startsWith(`${file}: snapshot 0 of 1 (entry at 0x${tableAt.toString(16)}) is cut short`)).toBe(true);
+    expect(err!.message.endsWith(`past the end of the file (size ${tableAt + 100})`)).toBe(true);
+  });
+});
