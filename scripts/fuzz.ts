@@ -87,6 +87,8 @@ interface Seed {
   /** 8-byte slots of L1 and L2 tables (active and snapshots). */
   slots: { at: number; kind: 'l1' | 'l2' }[];
   structures: Structure[];
+  /** Compressed cluster data (the first bytes of each). */
+  dataAreas: Structure[];
   /** Offsets where truncation is interesting. */
   cuts: number[];
 }
@@ -126,6 +128,7 @@ function describeSeed(name: string, bytes: Buffer): Seed {
   const structures: Structure[] = [{ name: 'header cluster', at: 0, length: Math.min(clusterSize, bytes.length) }];
   const cuts = [0, 8, 72, 104, clusterSize, bytes.length];
   const slots: Seed['slots'] = [];
+  const dataAreas: Structure[] = [];
   const incompatible = version >= 3 ? be(72, 8) : 0n;
   const entryBytes = incompatible & 16n ? 16 : 8;
 
@@ -153,6 +156,13 @@ function describeSeed(name: string, bytes: Buffer): Seed {
         for (let j = 0; j < clusterSize; j += entryBytes) {
           slots.push({ at: l2 + j, kind: 'l2' });
           if (entryBytes === 16) slots.push({ at: l2 + j + 8, kind: 'l2' });
+          const e = bytes.readBigUInt64BE(l2 + j);
+          if (e & (1n << 62n)) {
+            // Compressed data: its first bytes (stream headers, block types) are where corruption bites.
+            const x = BigInt(62 - (clusterBits - 8));
+            const off = Number(e & ((1n << x) - 1n));
+            if (off < bytes.length) dataAreas.push({ name: `compressed data of ${what} L2 ${i}[${j / entryBytes}]`, at: off, length: Math.min(64, bytes.length - off) });
+          }
         }
       }
     }
@@ -182,7 +192,7 @@ function describeSeed(name: string, bytes: Buffer): Seed {
     addL1(`snapshot ${i}`, Number(be(sn, 8)), Number(be(sn + 8, 4)));
     sn += Math.ceil(len / 8) * 8;
   }
-  return { name, bytes, clusterSize, fields, slots, structures, cuts: cuts.filter((c) => c <= bytes.length) };
+  return { name, bytes, clusterSize, fields, slots, structures, dataAreas, cuts: cuts.filter((c) => c <= bytes.length) };
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -268,7 +278,7 @@ export function mutate(rng: Rng, seeds: Seed[]): Mutant {
       }
       mutations.push(`flip ${flips} bits in ${st.name}`);
     } else if (op < 88) {
-      const st = rng.pick(seed.structures);
+      const st = seed.dataAreas.length > 0 && rng.chance(0.4) ? rng.pick(seed.dataAreas) : rng.pick(seed.structures);
       const len = 1 + rng.int(64);
       const at = st.at + rng.int(st.length);
       for (let i = 0; i < len && at + i < bytes.length; i++) bytes[at + i] = rng.int(256);

@@ -575,6 +575,8 @@ function build(dir: string): HostileEntry[] {
   run('mkfifo', [b.p('backing-fifo')], dir);
   overlay('backing-is-fifo.qcow2', 'backing-fifo');
   b.add({ name: 'backing-is-fifo', description: 'the backing name is a fifo (opening it must not block)', file: 'backing-is-fifo.qcow2', expect: 'refused', code: 'EBADIMAGE', messageIncludes: ['backing file "backing-fifo"', 'not a regular file'] });
+  overlay('backing-control-chars.qcow2', 'evil\nname\x1b[31m.qcow2');
+  b.add({ name: 'backing-name-control-chars', description: 'a backing name with a newline and an escape sequence: the message stays one line', file: 'backing-control-chars.qcow2', expect: 'refused', code: 'ENOENT', messageIncludes: ['backing file "evil\\nname\\x1b[31m.qcow2"', 'no such file'] });
   overlay('backing-missing.qcow2', 'no-such-backing.qcow2');
   b.add({ name: 'backing-missing', description: 'the backing file does not exist', file: 'backing-missing.qcow2', expect: 'refused', code: 'ENOENT', messageIncludes: ['backing file "no-such-backing.qcow2"', 'no such file'] });
   {
