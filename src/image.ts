@@ -225,7 +225,8 @@ function openBacking(
 
   let format: ImageFormat;
   let formatSource: BackingLink['formatSource'] = 'header';
-  if (header.backingFormat !== undefined) {
+  // An empty backing format extension means "probe", as in QEMU.
+  if (header.backingFormat !== undefined && header.backingFormat !== '') {
     if (header.backingFormat === 'qcow2' || header.backingFormat === 'raw') format = header.backingFormat;
     else if (header.backingFormat === 'file') format = 'raw';
     else throw new QcowError('EUNSUPPORTED', namingPath, `backing file ${name} has format "${header.backingFormat}", which is not supported (qcow2 and raw are)`);

@@ -2,9 +2,12 @@
 export type ExtentKind =
   /** Stored uncompressed in a host file (the image, its external data file or a raw backing file). */
   | 'data'
-  /** Reads as zeros: a zero flag, a zero subcluster, or past the end of a shorter backing file. */
+  /** Reads as zeros because the image says so: a zero flag or a zero subcluster. */
   | 'zero'
-  /** Not allocated anywhere in the chain: reads as zeros, and a sparse copy may leave a hole. */
+  /**
+   * Not allocated anywhere in the chain (or past the end of a shorter backing file, reported one level
+   * below the image that ends): reads as zeros, and a sparse copy may leave a hole.
+   */
   | 'unallocated'
   /** A compressed cluster (zlib or zstd), inflated on read. */
   | 'compressed';

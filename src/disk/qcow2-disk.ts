@@ -114,7 +114,7 @@ class RangeReader implements RunVisitor {
   }
 
   compressed(dst: number, length: number, hi: number, lo: number, inCluster: number, guest: number): void {
-    const cluster = this.disk.meta.compressedCluster(hi, lo, this.disk.origin + guest);
+    const cluster = this.disk.meta.compressedCluster(hi, lo, this.disk.origin + guest - inCluster);
     this.into.set(cluster.subarray(inCluster, inCluster + length), dst);
   }
 
