@@ -547,7 +547,8 @@ describe('header extensions', () => {
     const h = decode({ autoclearFeatures: 1n }, { extensions: [extBitmaps(3, 0x1234, 2n ** 53n - 65536n)] });
     expect(h.bitmaps).toEqual({ count: 3, directorySize: 0x1234, directoryOffset: 2 ** 53 - 65536 });
     expect(h.features.autoclear).toEqual(['bitmaps']);
-    expectRefused({}, 'bitmaps extension is too short (16 bytes)', { extensions: [{ type: EXT.bitmaps, data: Buffer.alloc(16) }] });
+    expectRefused({}, 'bitmaps extension has length 16 (QEMU requires exactly 24)', { extensions: [{ type: EXT.bitmaps, data: Buffer.alloc(16) }] });
+    expectRefused({}, 'bitmaps extension has length 32 (QEMU requires exactly 24)', { extensions: [{ type: EXT.bitmaps, data: Buffer.alloc(32) }] });
     expectRefused({}, 'bitmap_directory_offset 0x20000000000000 is too large (over 2^53)', { extensions: [extBitmaps(1, 8, 2n ** 53n)] });
   });
 
@@ -555,7 +556,8 @@ describe('header extensions', () => {
     const h = decode({ cryptMethod: 2 }, { extensions: [extCrypto(0x20000, 0x200000)] });
     expect(h.encryption).toEqual({ offset: 0x20000, length: 0x200000 });
     expect(h.cryptMethod).toBe('luks');
-    expectRefused({}, 'encryption header pointer is too short (8 bytes)', { extensions: [{ type: EXT.crypto, data: Buffer.alloc(8) }] });
+    expectRefused({}, 'encryption header pointer has length 8 (QEMU requires exactly 16)', { extensions: [{ type: EXT.crypto, data: Buffer.alloc(8) }] });
+    expectRefused({}, 'encryption header pointer has length 24 (QEMU requires exactly 16)', { extensions: [{ type: EXT.crypto, data: Buffer.alloc(24) }] });
     expectRefused({}, 'encryption header length 0x20000000000000 is too large (over 2^53)', { extensions: [extCrypto(0, 2n ** 53n)] });
   });
 

@@ -301,7 +301,7 @@ function decodeExtensions(be: BigEndian, header: Header, file: string, end: numb
         break;
       }
       case EXT_BITMAPS: {
-        if (length < 24) bad(`bitmaps extension is too short (${length} bytes)`);
+        if (length !== 24) bad(`bitmaps extension has length ${length} (QEMU requires exactly 24)`);
         header.bitmaps = {
           count: be.u32(data),
           directorySize: safeNumber(file, 'bitmap_directory_size', be.u64(data + 8)),
@@ -310,7 +310,7 @@ function decodeExtensions(be: BigEndian, header: Header, file: string, end: numb
         break;
       }
       case EXT_CRYPTO:
-        if (length < 16) bad(`encryption header pointer is too short (${length} bytes)`);
+        if (length !== 16) bad(`encryption header pointer has length ${length} (QEMU requires exactly 16)`);
         header.encryption = {
           offset: safeNumber(file, 'encryption header offset', be.u64(data)),
           length: safeNumber(file, 'encryption header length', be.u64(data + 8)),
