@@ -261,13 +261,18 @@ async function main(): Promise<number> {
     const last = series[series.length - 1];
     console.log(`${last?.s ?? 0} s: ${t.reads} reads, ${(t.bytes / MiB).toFixed(0)} MiB, wrong bytes ${t.wrong}, errors ${t.errors}, daemon RSS ${last?.rssMiB ?? '?'} MiB`);
   }, 3000);
+  // Dropping caches can take seconds under load: do it in a child, so the RSS sampler keeps its pace.
+  let dropping: ChildProcess | undefined;
+  let drops = 0;
   const dropper = dropCaches
     ? setInterval(() => {
-        try {
-          fs.writeFileSync('/proc/sys/vm/drop_caches', '1');
-        } catch {
-          // not allowed here
-        }
+        if (dropping) return;
+        dropping = spawn('sh', ['-c', 'echo 1 > /proc/sys/vm/drop_caches'], { stdio: 'ignore' });
+        children.push(dropping);
+        dropping.on('exit', (code) => {
+          if (code === 0) drops++;
+          dropping = undefined;
+        });
       }, 5000)
     : undefined;
   await Promise.all(done);
@@ -289,7 +294,7 @@ async function main(): Promise<number> {
   const logLines = fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter((l) => /EIO|error/i.test(l)) : [];
 
   console.log('');
-  console.log(`soak: ${minutes} min, ${readers} readers, ${Object.keys(img.views).join(', ')}`);
+  console.log(`soak: ${minutes} min, ${readers} readers, ${Object.keys(img.views).join(', ')}${dropCaches ? `, page cache dropped ${drops} times` : ''}`);
   console.log(`reads ${total.reads}, bytes ${(total.bytes / MiB).toFixed(0)} MiB (${(total.bytes / MiB / ((Date.now() - started) / 1000)).toFixed(0)} MiB/s), wrong bytes ${total.wrong}, errors ${total.errors}`);
   console.log(`daemon RSS (s: MiB): ${series.map((p) => `${p.s}: ${p.rssMiB}`).join(', ')}`);
   console.log(`daemon RSS min ${Math.min(...rss)} MiB, max ${Math.max(...rss)} MiB; after warm-up ${flat ? 'flat' : 'NOT flat'} (second half minus first half: ${growth.toFixed(1)} MiB)`);
