@@ -51,7 +51,7 @@ export interface CopyResult {
  * Copies a whole view to `target`, or (target undefined) only hashes it. The run structure comes from
  * `disk.extents()`, so zero and unallocated runs cost no reads; data and compressed runs are read in
  * large chunks into reused buffers, and each chunk is written (asynchronously, on the thread pool)
- * while the next one is read, so reading and writing overlap. With `parallel`, and where the view holds
+ * while the next ones are read, so reading and writing overlap. With `parallel`, and where the view holds
  * enough compressed data to pay for it, chunks are read (and inflated) by worker threads, several at once.
  */
 export async function copyDisk(disk: Disk, target: CopyTarget | undefined, options: CopyOptions = {}): Promise<CopyResult> {
@@ -100,10 +100,11 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
   try {
     if (workers > 0) await copyWithPool(disk, chunk, new ReadPool(parallel!.spec, workers), workers * 2, writer, hole, data);
     else {
-      // Two buffers in turn: one is read into while the other's writes finish. A buffer is reused only
-      // once its last write is done (a chunk with nothing to write does not tell us that on its own).
-      const buffers = [Buffer.allocUnsafe(chunk), Buffer.allocUnsafe(chunk)];
-      const written: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
+      // Buffers in turn: one is read into while the others' writes finish. A buffer is reused only once
+      // its own writes are done (a chunk with nothing to write does not tell us that on its own).
+      const count = (writer?.maxInFlight ?? 1) + 1;
+      const buffers = Array.from({ length: count }, () => Buffer.allocUnsafe(chunk));
+      const written: Promise<void>[] = buffers.map(() => Promise.resolve());
       let turn = 0;
       for (const t of tasks(disk, chunk)) {
         if (t.hole) {
@@ -115,8 +116,8 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
         const got = disk.readSync(bytes, t.pos);
         if (got !== t.length) throw new Error(`short read at ${t.pos}: ${got} of ${t.length} bytes`);
         await data(bytes, t.pos);
-        if (writer) written[turn] = writer.idle();
-        turn ^= 1;
+        if (writer) written[turn] = writer.mark();
+        turn = (turn + 1) % count;
       }
     }
     if (writer) await writer.drain();
@@ -268,39 +269,49 @@ async function writeNonZero(writer: Writer, bytes: Buffer, pos: number, zeros: B
 }
 
 /**
- * One write in flight at a time: `write` waits for the previous write, then starts this one and returns,
- * so the caller may fill another buffer meanwhile. Bytes handed to `write` must stay untouched until
- * `idle()` (or `drain()`) says the write is done. Short writes are continued; EAGAIN (a
- * non-blocking pipe that is full) is retried after a short wait.
+ * Writes on the thread pool, several at once for a positional target (so that a slow wake-up of one
+ * pool thread does not stall the copy), one at a time, in order, for a stream. `write` returns once the
+ * write has started; bytes handed to it must stay untouched until a `mark()` taken after it settles (or
+ * `drain()`). Short writes are continued; EAGAIN (a non-blocking pipe that is full) is retried after a
+ * short wait. The first error is thrown by the next `write` or by `drain`.
  */
 class Writer {
   readonly sparse: boolean;
   private readonly positional: boolean;
-  private pending: Promise<void> = Promise.resolve();
+  readonly maxInFlight: number;
+  private readonly inFlight = new Set<Promise<void>>();
+  private error: unknown;
   written = 0;
 
   constructor(private readonly target: CopyTarget) {
     this.sparse = target.sparse;
     this.positional = target.sparse || target.positional === true;
+    this.maxInFlight = this.positional ? 4 : 1;
   }
 
   async write(bytes: Buffer, position: number): Promise<void> {
-    await this.pending;
-    this.pending = this.writeAll(bytes, position);
-    // A rejection is reported by the next write or by drain(); keep it from being "unhandled" meanwhile.
-    this.pending.catch(() => undefined);
+    while (this.inFlight.size >= this.maxInFlight) await Promise.race(this.inFlight);
+    if (this.error !== undefined) throw this.error;
+    const p: Promise<void> = this.writeAll(bytes, position).then(
+      () => {
+        this.inFlight.delete(p);
+      },
+      (err: unknown) => {
+        this.error ??= err;
+        this.inFlight.delete(p);
+      },
+    );
+    this.inFlight.add(p);
+  }
+
+  /** Settles once every write started so far is done (never rejects). */
+  mark(): Promise<void> {
+    return Promise.all(this.inFlight).then(() => undefined);
   }
 
   async drain(): Promise<void> {
-    await this.pending;
-  }
-
-  /** Settles once every write started so far is done (never rejects: errors surface in write/drain). */
-  idle(): Promise<void> {
-    return this.pending.then(
-      () => undefined,
-      () => undefined,
-    );
+    while (this.inFlight.size > 0) await Promise.all(this.inFlight);
+    if (this.error !== undefined) throw this.error;
   }
 
   private async writeAll(bytes: Buffer, position: number): Promise<void> {
