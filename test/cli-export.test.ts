@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type FixtureImage, fixturePath, fixturesReady, loadManifest, repoRoot } from './support/fixtures.js';
-import { toolsAvailable } from './support/tools.js';
+import { hasTool, toolsAvailable } from './support/tools.js';
 
 const BIN = path.join(repoRoot, 'dist/cli/qcow-export.js');
 if (!fs.existsSync(BIN)) throw new Error(`${BIN} is missing: run \`npm run build\` first (npm test does)`);
@@ -369,5 +369,32 @@ describe('refusals and errors leave nothing behind', () => {
     expect(code).not.toBe(0);
     expect(stderr.trim()).toMatch(/^qcow-export: interrupted by SIGTERM/);
     expect(leftovers(dir)).toEqual([]);
+  });
+});
+
+/** Runs the command under a pseudo-terminal (util-linux `script`), returning what the terminal showed. */
+function runOnTerminal(args: string[]): { status: number | null; screen: string } {
+  const quoted = [process.execPath, BIN, ...args].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
+  const r = spawnSync('script', ['-qfec', quoted, '/dev/null'], { encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, screen: r.stdout };
+}
+
+describe.skipIf(!hasTool('script') || !manifest)('on a terminal', () => {
+  const image = () => fixturePath(manifest!.images.find((i) => i.name === 'v3-c2m')!.image);
+
+  it('draws a progress bar on standard error: bytes, rate, ETA; none with --quiet', () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 'tty-'));
+    const bar = runOnTerminal([image(), path.join(dir, 'a.raw')]);
+    expect(bar.status, bar.screen).toBe(0);
+    expect(bar.screen).toMatch(/active\.raw .*100% .*MiB \/ .*MiB .*\/s +ETA/);
+    const quiet = runOnTerminal([image(), path.join(dir, 'b.raw'), '--quiet']);
+    expect(quiet.status, quiet.screen).toBe(0);
+    expect(quiet.screen).toBe('');
+  });
+
+  it('refuses to write raw bytes to a terminal (exit 1)', () => {
+    const r = runOnTerminal([image(), '-']);
+    expect(r.status).toBe(1);
+    expect(r.screen.trim()).toMatch(/^qcow-export: standard output is a terminal/);
   });
 });

@@ -4,6 +4,7 @@
  * snapshot's VM state) as a raw file, sparse, with an optional digest and a progress bar on a terminal.
  */
 import { createHash, getHashes } from 'node:crypto';
+import { isatty } from 'node:tty';
 import { Command, Option } from 'commander';
 import { openImage } from '../image.js';
 import { CliError, EXIT, configureProgram, runMain } from './common.js';
@@ -67,6 +68,9 @@ async function main(argv: string[]): Promise<number> {
   const opts = program.opts<Options>();
   if (opts.vmstate && opts.snapshot === undefined) throw new CliError('--vmstate needs --snapshot NAME (VM state belongs to a snapshot)', EXIT.USAGE);
   if (opts.hash && !getHashes().includes(opts.hash)) throw new CliError(`this Node.js has no ${opts.hash} digest`, EXIT.USAGE);
+
+  // tty.isatty, not process.stdout.isTTY: creating process.stdout would make a piped fd 1 non-blocking.
+  if (output === '-' && isatty(1)) throw new CliError('standard output is a terminal; redirect it to a file or a pipe (or give an OUTPUT file)', EXIT.USAGE);
 
   const image = await openImage(imagePath);
   try {
