@@ -98,6 +98,9 @@ export function createFuseOps(tree: MountTree, options: OpsOptions): MountOps {
   const { uid, gid, logger } = options;
   const fds = new FdTable();
   let failed = 0;
+  // The kernel retries a failed read (often page by page); one bad region gets one log line, not one per retry.
+  let lastFailure = '';
+  let lastFailureAt = 0;
 
   const stats = new Map<MountNode, FuseStat>();
   for (const node of tree.nodes()) stats.set(node, statOf(node));
@@ -193,7 +196,11 @@ export function createFuseOps(tree: MountTree, options: OpsOptions): MountOps {
         cb(readNode(node, buf, len, pos));
       } catch (err) {
         failed++;
-        logger.log(`EIO: read ${path} at offset ${pos} (+${len}): ${describeFailure(err)}`);
+        const why = describeFailure(err);
+        const now = Date.now();
+        if (why !== lastFailure || now - lastFailureAt > 2000) logger.log(`EIO: read ${path} at offset ${pos} (+${len}): ${why}`);
+        lastFailure = why;
+        lastFailureAt = now;
         if (!(err instanceof Error && err.name === 'QcowError') && err instanceof Error && err.stack) logger.log(err.stack);
         cb(errnoFor(err));
       }
