@@ -6,23 +6,12 @@ import fs from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openImage, type Disk, type QcowImage } from '../src/index.js';
 import { fixturePath, fixturesReady, loadManifest, type FixtureImage, type FixtureView } from './support/fixtures.js';
+import { prng } from './support/prng.js';
 import { toolsAvailable } from './support/tools.js';
 
 const ready = toolsAvailable('qemu-img', 'qemu-io') && fixturesReady();
 const images = ready ? loadManifest().images : [];
 const CHUNK = 4 * 1024 * 1024;
-
-/** A small seeded PRNG (mulberry32) so that a failing random read can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function viewDisk(image: QcowImage, view: FixtureView): Disk {
   if (view.view === 'active') return image.active;

@@ -131,6 +131,22 @@ export function configureProgram(program: Command, prog: string, description: st
     });
 }
 
+/**
+ * Parses argv without letting commander exit the process: undefined when the command should go on,
+ * else the exit code (0 after --help or --version; 1 after a usage error, which commander has printed).
+ */
+export function parseArguments(program: Command, argv: string[]): ExitCode | undefined {
+  program.exitOverride();
+  try {
+    program.parse(argv);
+    return undefined;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') return EXIT.OK;
+    return EXIT.USAGE;
+  }
+}
+
 /** Runs a command's main function: any error becomes one line and its exit code. */
 export function runMain(prog: string, main: () => Promise<number | void> | number | void, fallback: ExitCode = EXIT.INTERNAL): void {
   Promise.resolve()

@@ -7,7 +7,7 @@ import { createHash, getHashes } from 'node:crypto';
 import { isatty } from 'node:tty';
 import { Command, Option } from 'commander';
 import { openImage } from '../image.js';
-import { CliError, EXIT, configureProgram, runMain } from './common.js';
+import { CliError, EXIT, configureProgram, parseArguments, runMain } from './common.js';
 import { ExportError, exportToPath } from '../export/export-to-path.js';
 import { selectView } from '../export/select-view.js';
 import { QcowError } from '../errors.js';
@@ -55,15 +55,8 @@ Exit codes:
 
 async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
-  program.exitOverride();
-  try {
-    program.parse(argv);
-  } catch (err) {
-    const e = err as { exitCode?: number; code?: string };
-    // --help and --version exit 0; commander has printed the usage error already.
-    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return EXIT.OK;
-    return EXIT.USAGE;
-  }
+  const stop = parseArguments(program, argv);
+  if (stop !== undefined) return stop;
   const [imagePath, output] = program.args as [string, string];
   const opts = program.opts<Options>();
   if (opts.vmstate && opts.snapshot === undefined) throw new CliError('--vmstate needs --snapshot NAME (VM state belongs to a snapshot)', EXIT.USAGE);

@@ -10,7 +10,7 @@ import { QcowError } from '../errors.js';
 import { describeImage, describeSnapshots } from '../info/describe.js';
 import { formatExtents, formatInfoText, formatSnapshotDetail } from '../info/format-text.js';
 import { findSnapshot } from '../export/select-view.js';
-import { CliError, EXIT, configureProgram, printError, runMain } from './common.js';
+import { CliError, EXIT, configureProgram, parseArguments, printError, runMain } from './common.js';
 
 const PROG = 'qcow-info';
 
@@ -46,14 +46,8 @@ Exit codes:
 
 async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
-  program.exitOverride();
-  try {
-    program.parse(argv);
-  } catch (err) {
-    const code = (err as { code?: string }).code;
-    if (code === 'commander.helpDisplayed' || code === 'commander.version' || code === 'commander.help') return EXIT.OK;
-    return EXIT.USAGE;
-  }
+  const stop = parseArguments(program, argv);
+  if (stop !== undefined) return stop;
   const imagePath = program.args[0]!;
   const opts = program.opts<Options>();
 

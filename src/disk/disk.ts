@@ -37,3 +37,12 @@ export interface Disk {
   /** Runs covering [start, start + length) clipped to the disk, merged where kind and depth agree. */
   extents(start: number, length: number): Extent[];
 }
+
+/** `read` for a disk whose work is synchronous: its result, or its QcowError, as a promise. */
+export function readAsPromise(disk: Disk, into: Uint8Array, position: number): Promise<number> {
+  try {
+    return Promise.resolve(disk.readSync(into, position));
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}

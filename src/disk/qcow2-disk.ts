@@ -1,7 +1,7 @@
 import { QcowError } from '../errors.js';
 import type { Qcow2Metadata } from '../translate/qcow2-metadata.js';
 import { type RunVisitor, walkRange } from '../translate/walk.js';
-import type { Disk, Extent, ExtentKind } from './disk.js';
+import { type Disk, type Extent, type ExtentKind, readAsPromise } from './disk.js';
 import { ExtentList } from './extent-list.js';
 
 /**
@@ -29,11 +29,7 @@ export class Qcow2Disk implements Disk {
   }
 
   read(into: Uint8Array, position: number): Promise<number> {
-    try {
-      return Promise.resolve(this.readSync(into, position));
-    } catch (err) {
-      return Promise.reject(err);
-    }
+    return readAsPromise(this, into, position);
   }
 
   extents(start: number, length: number): Extent[] {

@@ -1,5 +1,5 @@
 import type { HostFile } from '../io/host-file.js';
-import type { Disk, Extent } from './disk.js';
+import { type Disk, type Extent, readAsPromise } from './disk.js';
 import { clampLength } from './qcow2-disk.js';
 
 /**
@@ -23,11 +23,7 @@ export class RawDisk implements Disk {
   }
 
   read(into: Uint8Array, position: number): Promise<number> {
-    try {
-      return Promise.resolve(this.readSync(into, position));
-    } catch (err) {
-      return Promise.reject(err);
-    }
+    return readAsPromise(this, into, position);
   }
 
   extents(start: number, length: number): Extent[] {
