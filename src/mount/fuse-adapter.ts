@@ -2,6 +2,8 @@
  * The only module that imports fuse-native: mounts a set of FuseOps at a folder and reports when the
  * kernel has connected (FUSE INIT answered).
  */
+import { createRequire } from 'node:module';
+import path from 'node:path';
 import Fuse from 'fuse-native';
 import type { FuseOps } from './fuse-ops.js';
 import { FUSE_SUBTYPE } from './system.js';
@@ -53,6 +55,7 @@ export function mountFuse(mountPoint: string, ops: FuseOps, options: AdapterOpti
     fsname: options.fsname.replace(/[,\\]/g, '') || FUSE_SUBTYPE,
     subtype: FUSE_SUBTYPE,
   });
+  installDirectReadHandler(fuse, ops);
   const base = fuse._fuseOptions.bind(fuse);
   const optionString = `${base()},ro,negative_timeout=${cache}`;
   fuse._fuseOptions = () => optionString;
@@ -72,4 +75,56 @@ export function mountFuse(mountPoint: string, ops: FuseOps, options: AdapterOpti
       else resolve({ mountPoint: fuse.mnt, optionString });
     });
   });
+}
+
+/** The native side of fuse-native that the direct read handler talks to. */
+interface FuseBinding {
+  op_read: number;
+  /** Answers a read request: (thread handle, bytes read or -errno, unused, the buffer's ArrayBuffer to detach). */
+  fuse_native_signal_read(handle: unknown, result: number, unused: number, arrayBuffer: ArrayBufferLike): void;
+}
+
+let binding: FuseBinding | null | undefined;
+
+/** fuse-native's native module (the same instance fuse-native itself loaded), or null if it cannot be found. */
+function fuseBinding(): FuseBinding | null {
+  if (binding !== undefined) return binding;
+  try {
+    const require = createRequire(import.meta.url);
+    const dir = path.dirname(require.resolve('fuse-native/package.json'));
+    const b = (require('node-gyp-build') as (dir: string) => Partial<FuseBinding>)(dir);
+    binding = typeof b.fuse_native_signal_read === 'function' && typeof b.op_read === 'number' ? (b as FuseBinding) : null;
+  } catch {
+    binding = null;
+  }
+  return binding;
+}
+
+/**
+ * Reads are the hot path: every 4 KiB random read is one FUSE request. fuse-native's generic handler
+ * allocates per request (a bound signal, two argument arrays, a closure) and answers through
+ * process.nextTick; this one calls ops.read and answers the native thread directly, with the same
+ * arguments and the same answer (bytes read or -errno; the buffer's ArrayBuffer is detached so the
+ * request's memory cannot be touched once answered). Any other operation keeps fuse-native's handler.
+ * If fuse-native's internals are not as expected, nothing is replaced.
+ */
+function installDirectReadHandler(fuse: Fuse, ops: FuseOps): void {
+  const b = fuseBinding();
+  const handlers = (fuse as unknown as { _handlers?: unknown[] })._handlers;
+  if (!b || !Array.isArray(handlers) || typeof handlers[b.op_read] !== 'function') return;
+  const signal = b.fuse_native_signal_read;
+  handlers[b.op_read] = (handle: unknown, _op: number, file: string, fd: number, buf: Buffer, len: number, offsetLow: number, offsetHigh: number) => {
+    // Exactly one answer per request: a second one would wake the native thread's next request.
+    let answered = false;
+    const answer = (result: number) => {
+      if (answered) return;
+      answered = true;
+      signal(handle, result, 0, buf.buffer);
+    };
+    try {
+      ops.read(file, fd, buf, len, offsetHigh * 4294967296 + offsetLow, answer);
+    } catch {
+      answer(-5); // EIO: ops.read catches its own errors; this is a last resort so a request never hangs
+    }
+  };
 }
