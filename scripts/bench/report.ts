@@ -1,0 +1,285 @@
+/** The bench's results: the JSON shape, the goals of issue 4, and the Markdown / console tables. */
+import type { PeerName } from './peers.js';
+import type { Metric } from './workloads.js';
+import { median } from './util.js';
+
+export interface WorkloadResult {
+  title: string;
+  metric: Metric;
+  /** One figure per round, per peer. */
+  values: Partial<Record<PeerName, number[]>>;
+  /** Daemon CPU time (user + system, all threads) per MiB (sequential) or per I/O (random), in µs. */
+  cpuUs: Partial<Record<PeerName, number[]>>;
+  /** The passthrough's FUSE read requests per I/O and their mean size (last round). */
+  requests?: { readsPerIo: number; avgKiB: number };
+}
+
+export interface ScenarioResult {
+  title: string;
+  /** Peers that could not serve the view (cannot mount it, or serve other bytes than QEMU). */
+  excluded: Partial<Record<PeerName, string>>;
+  mountMs: Partial<Record<PeerName, number[]>>;
+  /** Daemon RSS after the scenario's workloads. */
+  rssKiB: Partial<Record<PeerName, number[]>>;
+  workloads: Record<string, WorkloadResult>;
+}
+
+export interface ExportResult {
+  title: string;
+  seconds: Record<string, number[]>;
+}
+
+export interface MemoryResult {
+  file: string;
+  size: number;
+  snapshots: number;
+  imageBytes: number;
+  peers: Partial<Record<PeerName, { mountMs: number[]; rssMountedKiB: number[]; rssAfterReadsKiB: number[]; filesRead: number[] }>>;
+}
+
+export interface BenchResults {
+  date: string;
+  command: string;
+  commit: string;
+  machine: Record<string, string>;
+  settings: Record<string, unknown>;
+  load: { when: string; avg: [number, number, number] }[];
+  /** Fraction of each image file in the page cache after warming, per round. */
+  residency: Record<string, number[]>;
+  scenarios: Record<string, ScenarioResult>;
+  exports: Record<string, ExportResult>;
+  memory: Record<string, MemoryResult>;
+  durationSeconds: number;
+}
+
+const PEER_TITLE: Record<PeerName, string> = { ours: 'qcow-mount', qcowmount: 'qcowmount', qsd: 'qemu-storage-daemon', passthrough: 'fuse-native passthrough' };
+const OTHERS: PeerName[] = ['qcowmount', 'qsd', 'passthrough'];
+
+/** Median over rounds of ours/peer, paired round by round (same round, same conditions). */
+export function ratio(values: Partial<Record<PeerName, number[]>>, peer: PeerName): { med: number; min: number; max: number } | undefined {
+  const a = values.ours;
+  const b = values[peer];
+  if (!a || !b) return undefined;
+  const n = Math.min(a.length, b.length);
+  if (n === 0) return undefined;
+  const rs = Array.from({ length: n }, (_, i) => a[i]! / b[i]!);
+  return { med: median(rs), min: Math.min(...rs), max: Math.max(...rs) };
+}
+
+function fmtNum(x: number, metric: Metric | 'ms' | 'MiB' | 'µs'): string {
+  if (!Number.isFinite(x)) return '–';
+  if (metric === 'µs') return `${x.toFixed(0)} µs`;
+  if (metric === 'IOPS') return x >= 10000 ? `${(x / 1000).toFixed(1)}k` : x.toFixed(0);
+  if (metric === 'MB/s') return x >= 1000 ? `${(x / 1000).toFixed(2)} GB/s` : `${x.toFixed(0)} MB/s`;
+  if (metric === 's') return `${x.toFixed(2)} s`;
+  if (metric === 'ms') return `${x.toFixed(0)} ms`;
+  return `${x.toFixed(0)} MiB`;
+}
+
+function cell(xs: number[] | undefined, metric: Metric | 'ms' | 'MiB' | 'µs'): string {
+  if (!xs || xs.length === 0) return 'n/a';
+  const m = fmtNum(median(xs), metric);
+  if (xs.length === 1) return m;
+  return `${m} (${fmtNum(Math.min(...xs), metric)}–${fmtNum(Math.max(...xs), metric)})`;
+}
+
+function ratioCell(r: ReturnType<typeof ratio>): string {
+  if (!r) return 'n/a';
+  return r.min === r.max ? `${r.med.toFixed(2)}x` : `**${r.med.toFixed(2)}x** (${r.min.toFixed(2)}–${r.max.toFixed(2)})`;
+}
+
+interface Goal {
+  goal: string;
+  measured: string;
+  target: number;
+  value: number | undefined;
+}
+
+export function goals(r: BenchResults): Goal[] {
+  const g: Goal[] = [];
+  const wl = (sc: string, w: string) => r.scenarios[sc]?.workloads[w];
+  const add = (goal: string, sc: string, w: string, peer: PeerName, target: number) => {
+    const x = wl(sc, w);
+    const rr = x ? ratio(x.values, peer) : undefined;
+    const why = r.scenarios[sc]?.excluded[peer];
+    g.push({ goal, measured: `${sc} / ${w}: ours/${peer}${why ? ` (${peer}: ${why})` : ''}`, target, value: rr?.med });
+  };
+  for (const sc of ['full', 'snapshot']) {
+    add(`Sequential read (${sc === 'full' ? 'active.raw' : 'a snapshot'}) >= 1.0x qcowmount`, sc, 'seq-1m', 'qcowmount', 1.0);
+    add(`Sequential read (${sc === 'full' ? 'active.raw' : 'a snapshot'}) >= 1.5x qemu-storage-daemon`, sc, 'seq-1m', 'qsd', 1.5);
+  }
+  add('Random 4 KiB, 1 reader >= 1.0x qemu-storage-daemon', 'full', 'rand-4k-1', 'qsd', 1.0);
+  add('Random 4 KiB, 4 readers >= 1.0x qemu-storage-daemon', 'full', 'rand-4k-4', 'qsd', 1.0);
+  add('Random 4 KiB, 1 reader: as close to qcowmount as the design allows', 'full', 'rand-4k-1', 'qcowmount', 1.0);
+  add('Random 4 KiB, 4 readers: as close to qcowmount as the design allows', 'full', 'rand-4k-4', 'qcowmount', 1.0);
+  add('zlib sequential >= 1.0x qcowmount', 'zlib', 'seq-1m', 'qcowmount', 1.0);
+  add('zlib sequential >= 1.0x qemu-storage-daemon', 'zlib', 'seq-1m', 'qsd', 1.0);
+  add('zstd sequential >= 1.0x qemu-storage-daemon', 'zstd', 'seq-1m', 'qsd', 1.0);
+  for (const [id, e] of Object.entries(r.exports)) {
+    const ours = e.seconds['qcow-export'];
+    const theirs = e.seconds['qemu-img convert'];
+    let v: number | undefined;
+    if (ours && theirs) {
+      const n = Math.min(ours.length, theirs.length);
+      v = median(Array.from({ length: n }, (_, i) => theirs[i]! / ours[i]!));
+    }
+    g.push({ goal: `qcow-export >= 1.0x qemu-img convert -O raw (${id})`, measured: `${e.title}: qemu-img time / qcow-export time`, target: 1.0, value: v });
+  }
+  const full = r.scenarios.full;
+  if (full) {
+    for (const [id, w] of Object.entries(full.workloads)) {
+      const rr = ratio(w.values, 'passthrough');
+      g.push({ goal: `Within 80% of the fuse-native passthrough (${w.title})`, measured: `full / ${id}: ours/passthrough`, target: 0.8, value: rr?.med });
+    }
+  }
+  const big = Object.values(r.memory).find((m) => m.size >= 2 ** 40 && m.snapshots >= 500);
+  const small = Object.values(r.memory).find((m) => m.size < 2 ** 40 && m.snapshots === 1);
+  if (big?.peers.ours) {
+    const rss = median(big.peers.ours.rssAfterReadsKiB) / 1024;
+    g.push({ goal: 'Daemon memory < 200 MiB, default caches, 2 TiB image with 500 snapshots', measured: `RSS after reading every file (MiB), as 200/RSS`, target: 1.0, value: 200 / rss });
+    if (small?.peers.ours) {
+      const t = median(big.peers.ours.mountMs) / median(small.peers.ours.mountMs);
+      g.push({ goal: 'Mount time does not grow with disk size or snapshot count (beyond reading the snapshot table)', measured: `mount time 2 TiB/500 snapshots vs 1 GiB/1 snapshot, as 1/ratio (>= 0.8: within 25%)`, target: 0.8, value: 1 / t });
+    }
+  }
+  return g;
+}
+
+export function renderMarkdown(r: BenchResults): string {
+  const L: string[] = [];
+  L.push(`# qcow-mount benchmark — ${r.settings.quick ? 'quick run' : 'baseline of record'}`);
+  L.push('');
+  L.push(`Run ${r.date} with \`${r.command}\` on commit ${r.commit}; ${r.durationSeconds} s in all.`);
+  L.push('');
+  L.push('## Machine');
+  L.push('');
+  L.push('| | |');
+  L.push('|---|---|');
+  for (const [k, v] of Object.entries(r.machine)) L.push(`| ${k} | ${v} |`);
+  L.push(`| load average (1/5/15 min) | ${r.load.map((l) => `${l.when}: ${l.avg.join(' ')}`).join('; ')} |`);
+  L.push(`| settings | ${Object.entries(r.settings).map(([k, v]) => `${k}=${String(v)}`).join(', ')} |`);
+  const res = Object.entries(r.residency).map(([f, xs]) => `${f} ${(Math.min(...xs) * 100).toFixed(0)}%`);
+  if (res.length) L.push(`| image files in page cache (min over rounds) | ${res.join(', ')} |`);
+  L.push('');
+  L.push('Figures are medians over rounds (min–max in brackets); ratios are ours/peer per round, then the median');
+  L.push('(higher is better for us). MB/s = 10^6 bytes/s.');
+  L.push('');
+
+  L.push('## Goals (issue 4)');
+  L.push('');
+  L.push('| goal | measured | median | target | met |');
+  L.push('|---|---|---|---|---|');
+  for (const g of goals(r)) {
+    const v = g.value === undefined ? 'n/a' : `${g.value.toFixed(2)}x`;
+    const met = g.value === undefined ? '–' : g.value >= g.target ? 'yes' : 'no';
+    L.push(`| ${g.goal} | ${g.measured} | ${v} | ${g.target.toFixed(1)}x | ${met} |`);
+  }
+  L.push('');
+
+  for (const [id, sc] of Object.entries(r.scenarios)) {
+    L.push(`## ${id}: ${sc.title}`);
+    L.push('');
+    const peers = (['ours', ...OTHERS] as PeerName[]).filter((p) => Object.values(sc.workloads).some((w) => w.values[p]));
+    const others = peers.filter((p) => p !== 'ours');
+    L.push(`| workload | ${peers.map((p) => PEER_TITLE[p]).join(' | ')} | ${others.map((p) => `ours/${p}`).join(' | ')} |`);
+    L.push(`|---|${peers.map(() => '---').join('|')}|${others.map(() => '---').join('|')}|`);
+    for (const w of Object.values(sc.workloads)) {
+      L.push(`| ${w.title} (${w.metric}) | ${peers.map((p) => cell(w.values[p], w.metric)).join(' | ')} | ${others.map((p) => ratioCell(ratio(w.values, p))).join(' | ')} |`);
+    }
+    for (const w of Object.values(sc.workloads)) {
+      const unit = w.metric === 'IOPS' ? 'per I/O' : 'per MiB';
+      L.push(`| daemon CPU ${unit}: ${w.title} | ${peers.map((p) => cell(w.cpuUs[p], 'µs')).join(' | ')} | |`);
+    }
+    L.push(`| mount time | ${peers.map((p) => cell(sc.mountMs[p], 'ms')).join(' | ')} | |`);
+    L.push(`| daemon RSS after the run | ${peers.map((p) => cell(sc.rssKiB[p]?.map((k) => k / 1024), 'MiB')).join(' | ')} | |`);
+    L.push('');
+    for (const [p, why] of Object.entries(sc.excluded)) L.push(`- ${PEER_TITLE[p as PeerName]} left out: ${why}`);
+    const req = Object.entries(sc.workloads).filter(([, w]) => w.requests);
+    if (req.length) {
+      L.push(`- FUSE read requests the passthrough saw: ${req.map(([id, w]) => `${id} ${w.requests!.readsPerIo.toFixed(2)} per I/O (mean ${w.requests!.avgKiB.toFixed(0)} KiB)`).join('; ')}`);
+    }
+    L.push('');
+  }
+
+  if (Object.keys(r.exports).length) {
+    L.push('## qcow-export against qemu-img convert -O raw (output: a file on tmpfs for both)');
+    L.push('');
+    L.push('| view | qcow-export | qemu-img convert | speed ratio (qemu-img time / ours) |');
+    L.push('|---|---|---|---|');
+    for (const e of Object.values(r.exports)) {
+      const a = e.seconds['qcow-export'];
+      const b = e.seconds['qemu-img convert'];
+      let rr = 'n/a';
+      if (a && b) {
+        const n = Math.min(a.length, b.length);
+        const rs = Array.from({ length: n }, (_, i) => b[i]! / a[i]!);
+        rr = `**${median(rs).toFixed(2)}x** (${Math.min(...rs).toFixed(2)}–${Math.max(...rs).toFixed(2)})`;
+      }
+      L.push(`| ${e.title} | ${cell(a, 's')} | ${cell(b, 's')} | ${rr} |`);
+    }
+    L.push('');
+  }
+
+  if (Object.keys(r.memory).length) {
+    L.push('## Memory and mount time against disk size and snapshot count (default caches)');
+    L.push('');
+    L.push('RSS "after reads": after reading 64 KiB at 4 places of every file in the mount (for qcow-mount: active.raw and every snapshot).');
+    L.push('');
+    L.push('| image | file size | peer | mount time | RSS mounted | RSS after reads |');
+    L.push('|---|---|---|---|---|---|');
+    for (const [name, m] of Object.entries(r.memory)) {
+      for (const [p, x] of Object.entries(m.peers)) {
+        L.push(`| ${name} | ${(m.imageBytes / 2 ** 20).toFixed(1)} MiB | ${PEER_TITLE[p as PeerName]} | ${cell(x.mountMs, 'ms')} | ${cell(x.rssMountedKiB.map((k) => k / 1024), 'MiB')} | ${cell(x.rssAfterReadsKiB.map((k) => k / 1024), 'MiB')} (${x.filesRead[0]} files) |`);
+      }
+    }
+    L.push('');
+  }
+
+  L.push('## Method');
+  L.push('');
+  L.push('- Peers: qcow-mount (`node dist/cli/qcow-mount.js IMAGE MNT`, background daemon), qcowmount (libqcow, C, libfuse 2), qemu-storage-daemon');
+  L.push('  `--export type=fuse` (QEMU, C, libfuse 3), and `scripts/bench/passthrough.mjs`: one raw file (`qemu-img convert -O raw` output) served by');
+  L.push('  fs.readSync through fuse-native with qcow-mount\'s own mount options (it mounts through dist/mount/fuse-adapter.js): the Node ceiling.');
+  L.push('- fio 3 `--ioengine=psync --direct=0 --invalidate=1`: buffered reads as users do them, with the mounted file\'s page cache dropped');
+  L.push('  (posix_fadvise DONTNEED, which works on FUSE files) before each job; no block is read twice in a job (sequential: one pass;');
+  L.push('  random: fio\'s random map; 4 readers each get their own quarter of the file), so each read is served by the daemon, not by');
+  L.push('  the page cache of the mounted file. The image files themselves are read before each round (page cache warm).');
+  L.push('  Random jobs are time-limited (settings: randomSeconds); sequential jobs read the whole file (or seqBytesCap).');
+  L.push('- dd: `dd iflag=nocache count=0` (drops the file\'s cache), then `dd bs=1M of=/dev/null`, timed.');
+  L.push('- Every peer\'s bytes are checked against the raw file or against qemu-storage-daemon (QEMU) before timing; a peer that');
+  L.push('  cannot mount a view or serves other bytes is left out of that view, with the reason.');
+  L.push('- Snapshots: qcowmount and qemu-storage-daemon cannot open an internal snapshot read-only, so they read a copy of the image');
+  L.push('  reverted to it with `qemu-img snapshot -a` (same clusters, same layout); qcow-mount reads snapshots/NAME.raw of the original.');
+  L.push('- Peer order rotates every round.');
+  L.push('');
+  return `${L.join('\n')}\n`;
+}
+
+export function renderConsole(r: BenchResults): string {
+  const L: string[] = [''];
+  for (const [id, sc] of Object.entries(r.scenarios)) {
+    L.push(`== ${id}: ${sc.title}`);
+    for (const w of Object.values(sc.workloads)) {
+      const parts = (['ours', ...OTHERS] as PeerName[]).filter((p) => w.values[p]).map((p) => `${p} ${cell(w.values[p], w.metric)}`);
+      const rs = OTHERS.map((p) => [p, ratio(w.values, p)] as const)
+        .filter(([, x]) => x)
+        .map(([p, x]) => `/${p} ${x!.med.toFixed(2)}x`);
+      L.push(`  ${w.title.padEnd(28)} ${parts.join('  ')}   ratios: ${rs.join(' ')}`);
+      const cpu = (['ours', ...OTHERS] as PeerName[]).filter((p) => w.cpuUs[p]).map((p) => `${p} ${cell(w.cpuUs[p], 'µs')}`);
+      if (cpu.length) L.push(`  ${''.padEnd(28)} daemon CPU ${w.metric === 'IOPS' ? 'per I/O' : 'per MiB'}: ${cpu.join('  ')}`);
+    }
+    for (const [p, why] of Object.entries(sc.excluded)) L.push(`  (${p} left out: ${why})`);
+  }
+  for (const [id, e] of Object.entries(r.exports)) {
+    L.push(`== export ${id}: qcow-export ${cell(e.seconds['qcow-export'], 's')}, qemu-img convert ${cell(e.seconds['qemu-img convert'], 's')}`);
+  }
+  for (const [name, m] of Object.entries(r.memory)) {
+    const parts = Object.entries(m.peers).map(([p, x]) => `${p}: mount ${cell(x.mountMs, 'ms')}, RSS ${cell(x.rssAfterReadsKiB.map((k) => k / 1024), 'MiB')}`);
+    L.push(`== memory ${name}: ${parts.join('; ')}`);
+  }
+  L.push('');
+  L.push('Goals (issue 4):');
+  for (const g of goals(r)) L.push(`  [${g.value === undefined ? ' ? ' : g.value >= g.target ? ' ok' : 'NO '}] ${g.goal}: ${g.value === undefined ? 'n/a' : `${g.value.toFixed(2)}x`} (${g.measured})`);
+  L.push('');
+  return L.join('\n');
+}
