@@ -113,6 +113,7 @@ function installDirectReadHandler(fuse: Fuse, ops: FuseOps): void {
   const handlers = (fuse as unknown as { _handlers?: unknown[] })._handlers;
   if (!b || !Array.isArray(handlers) || typeof handlers[b.op_read] !== 'function') return;
   const signal = b.fuse_native_signal_read;
+  const poller = createPoller(process.env.QCOW_MOUNT_POLL_US);
   handlers[b.op_read] = (handle: unknown, _op: number, file: string, fd: number, buf: Buffer, len: number, offsetLow: number, offsetHigh: number) => {
     // Exactly one answer per request: a second one would wake the native thread's next request.
     let answered = false;
@@ -121,10 +122,67 @@ function installDirectReadHandler(fuse: Fuse, ops: FuseOps): void {
       answered = true;
       signal(handle, result, 0, buf.buffer);
     };
+    poller?.arrived();
     try {
       ops.read(file, fd, buf, len, offsetHigh * 4294967296 + offsetLow, answer);
     } catch {
       answer(-5); // EIO: ops.read catches its own errors; this is a last resort so a request never hangs
     }
+    if (len <= POLL_MAX_READ) poller?.answered();
+  };
+}
+
+/** How long the event loop keeps polling for the next request after answering a small read (µs). */
+export const DEFAULT_POLL_US = 50;
+/** Reads larger than this (readahead, big sequential reads) are not followed by polling. */
+const POLL_MAX_READ = 16 * 1024;
+/** After seeing readers in parallel, no polling for this long (ms). */
+const PARALLEL_QUIET_MS = 5;
+
+/**
+ * Adaptive polling for small reads, as QEMU's event loop polls before it sleeps (poll-max-ns).
+ *
+ * fuse-native hands every request from a libfuse thread to the JS thread and back: a random 4 KiB read
+ * from one reader costs the JS thread a sleep and a wake-up (epoll, an IPI, a context switch) per
+ * request, and that, not the read, is most of its latency. So after answering a read of <= 16 KiB the
+ * event loop keeps turning (setImmediate; epoll with a zero timeout) for up to 50 µs: the next request
+ * of a reader that waits for each answer arrives meanwhile and is taken at once. Measured on 2 cores:
+ * random 4 KiB, 1 reader 14.8k -> 25.4k IOPS.
+ *
+ * It never runs when it would only take a core from other work: not after big reads (sequential reads
+ * keep both cores busy copying), and not for a while once two requests arrive in one loop turn
+ * (readers in parallel keep the loop busy by themselves). It stops 50 µs after the last small read, so
+ * an idle mount costs nothing. QCOW_MOUNT_POLL_US sets the window; 0 turns polling off.
+ */
+function createPoller(setting: string | undefined): { arrived(): void; answered(): void } | undefined {
+  const windowUs = setting === undefined || setting === '' ? DEFAULT_POLL_US : Number(setting);
+  if (!Number.isFinite(windowUs) || windowUs <= 0) return undefined;
+  const windowMs = Math.min(windowUs, 10_000) / 1000;
+  let last = 0;
+  let polling = false;
+  let arrivals = 0;
+  let quietUntil = 0;
+  const turn = () => {
+    const now = performance.now();
+    if (arrivals >= 2) {
+      polling = false;
+      quietUntil = now + PARALLEL_QUIET_MS;
+      return;
+    }
+    arrivals = 0;
+    if (now - last < windowMs) setImmediate(turn);
+    else polling = false;
+  };
+  return {
+    arrived() {
+      arrivals++;
+    },
+    answered() {
+      last = performance.now();
+      if (polling || last < quietUntil) return;
+      polling = true;
+      arrivals = 0;
+      setImmediate(turn);
+    },
   };
 }
