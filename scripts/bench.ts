@@ -24,7 +24,9 @@ import {
   WORK,
   atCleanUp,
   cleanUpAll,
+  countSwitches,
   cpuSeconds,
+  dropCache,
   have,
   installCleanUpHandlers,
   loadAverage,
@@ -52,7 +54,7 @@ interface Args {
   workloads?: Set<string>;
 }
 
-const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory'] as const;
+const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory', 'diagnostics'] as const;
 
 function parseArgs(argv: string[]): Args {
   const a: Args = { quick: false, rounds: 3, skip: new Set(), out: '', seconds: 5, seqBytes: ALL_SEQ_BYTES, waitQuietMinutes: 0 };
@@ -314,6 +316,9 @@ async function runScenario(sc: Scenario, round: number, opt: RunOptions, into: S
             wr.requests = { readsPerIo: reads / ios, avgKiB: (after.bytes - before.bytes) / Math.max(1, reads) / KiB };
           }
         }
+        // Let go of the mounted file's page cache now (not only when the next job starts), so the
+        // image files stay in the page cache: a 4 GiB pass leaves 4 GiB of cached FUSE pages behind.
+        await dropCache(m.file);
         (wr.values[p] ??= []).push(r.value);
         log(`  ${sc.id} ${w.id} ${p}: ${r.value.toFixed(w.metric === 'IOPS' ? 0 : 1)} ${w.metric}${r.p50us !== undefined ? ` (p50 ${r.p50us.toFixed(0)} µs)` : ''}`);
       }
@@ -432,6 +437,36 @@ async function runMemory(set: ImageSet, rounds: number, results: BenchResults): 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Where the time goes: one pass with `perf stat` counting each daemon's context switches
+
+async function runDiagnostics(sc: Scenario, opt: RunOptions, results: BenchResults): Promise<void> {
+  const mounted = new Map<PeerName, Mounted>();
+  try {
+    for (const p of PEERS) if (sc.targets[p] && !results.scenarios[sc.id]?.excluded[p]) mounted.set(p, await mountPeer(p, sc.targets[p]!));
+    const size = fs.statSync([...mounted.values()][0]!.file).size;
+    for (const w of [WORKLOADS.rand4k1, WORKLOADS.rand4k4, WORKLOADS.seq1m]) {
+      for (const [p, m] of mounted) {
+        const stop = countSwitches(m.pid);
+        await sleep(200); // perf attaches to every thread
+        const c0 = cpuSeconds(m.pid);
+        const r = await w.run(m.file, size, { ...opt, seconds: Math.min(opt.seconds, 3), seqBytes: Math.min(opt.seqBytes, 2 * GiB) });
+        const c1 = cpuSeconds(m.pid);
+        const switches = await stop();
+        const units = w.metric === 'IOPS' ? r.bytes / (4 * KiB) : r.bytes / (128 * KiB);
+        const d = ((results.diagnostics[w.id] ??= { title: w.title, metric: w.metric, peers: {} }).peers[p] = {
+          value: r.value,
+          switchesPerRequest: switches / units,
+          cpuUsPerRequest: c0 !== undefined && c1 !== undefined ? ((c1 - c0) * 1e6) / units : NaN,
+        });
+        log(`  diagnostics ${w.id} ${p}: ${r.value.toFixed(0)} ${w.metric}, ${d.switchesPerRequest.toFixed(2)} context switches and ${d.cpuUsPerRequest.toFixed(0)} µs CPU per request`);
+      }
+    }
+  } finally {
+    for (const m of mounted.values()) await m.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 
 async function waitQuiet(minutes: number): Promise<void> {
   if (minutes <= 0) return;
@@ -480,9 +515,11 @@ async function main(): Promise<void> {
     settings: { rounds: args.rounds, randomSeconds: opt.seconds, seqBytesCap: opt.seqBytes === ALL_SEQ_BYTES ? 'whole file' : fmtSize(opt.seqBytes), quick: args.quick },
     load: [],
     residency: {},
+    residencyAfter: {},
     scenarios: {},
     exports: {},
     memory: {},
+    diagnostics: {},
     durationSeconds: 0,
   };
   results.load.push({ when: 'start', avg: loadAverage() });
@@ -503,6 +540,10 @@ async function main(): Promise<void> {
       if (r !== undefined) (results.residency[path.basename(f)] ??= []).push(r);
     }
     for (const sc of all) await runScenario(sc, round, opt, results.scenarios[sc.id]!);
+    for (const f of images) {
+      const r = await residentFraction(f);
+      if (r !== undefined) (results.residencyAfter[path.basename(f)] ??= []).push(r);
+    }
     results.load.push({ when: `after round ${round + 1}`, avg: loadAverage() });
   }
   if (wanted(args, 'export')) {
@@ -514,6 +555,11 @@ async function main(): Promise<void> {
     log('memory and mount time against disk size and snapshot count');
     await runMemory(set, args.rounds, results);
     results.load.push({ when: 'after memory', avg: loadAverage() });
+  }
+  const full = all.find((sc) => sc.id === 'full');
+  if (wanted(args, 'diagnostics') && full && have('perf')) {
+    log('where the time goes: context switches per request (perf stat)');
+    await runDiagnostics(full, opt, results);
   }
   results.durationSeconds = Math.round((Date.now() - started) / 1000);
 

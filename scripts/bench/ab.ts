@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import { buildImages, DEFAULT_SIZES } from './images.js';
 import { type MountRequest, type Mounted, MOUNTS, type PeerName, STATE, mountPeer } from './peers.js';
 import { WORKLOADS, type Workload } from './workloads.js';
-import { KiB, MiB, cleanUpAll, cpuSeconds, installCleanUpHandlers, loadAverage, log, median, warm } from './util.js';
+import { KiB, MiB, cleanUpAll, countSwitches, cpuSeconds, installCleanUpHandlers, loadAverage, log, median, warm } from './util.js';
 
 interface Config {
   label: string;
@@ -31,6 +31,7 @@ async function main(): Promise<void> {
   let reps = 6;
   let seconds = 3;
   let seqMiB = 1024;
+  let perf = false;
   const specs: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
@@ -39,6 +40,7 @@ async function main(): Promise<void> {
     else if (k === '--reps') reps = Number(argv[++i]);
     else if (k === '--seconds') seconds = Number(argv[++i]);
     else if (k === '--seq-mib') seqMiB = Number(argv[++i]);
+    else if (k === '--perf') perf = true;
     else specs.push(k);
   }
   installCleanUpHandlers();
@@ -80,13 +82,16 @@ async function main(): Promise<void> {
     for (const w of workloads) {
       const values = new Map<string, number[]>();
       const cpu = new Map<string, number[]>();
+      const switches = new Map<string, number[]>();
       for (let r = 0; r < reps; r++) {
         const order = r % 2 ? [...mounted].reverse() : mounted;
         for (const [c, m] of order) {
+          const counter = perf ? countSwitches(m.pid) : undefined;
           const c0 = cpuSeconds(m.pid);
           const res = await w.run(m.file, size, { seconds, seqBytes: seqMiB * MiB });
           const c1 = cpuSeconds(m.pid);
           const units = w.metric === 'IOPS' ? res.bytes / (w.id.includes('64k') ? 64 * KiB : 4 * KiB) : res.bytes / MiB;
+          if (counter) (switches.get(c.label) ?? switches.set(c.label, []).get(c.label)!).push((await counter()) / units);
           (values.get(c.label) ?? values.set(c.label, []).get(c.label)!).push(res.value);
           if (c0 !== undefined && c1 !== undefined) (cpu.get(c.label) ?? cpu.set(c.label, []).get(c.label)!).push(((c1 - c0) * 1e6) / units);
         }
@@ -97,7 +102,9 @@ async function main(): Promise<void> {
         const v = values.get(c.label) ?? [];
         const u = cpu.get(c.label) ?? [];
         const f = (xs: number[]) => `${median(xs).toFixed(0).padStart(7)} [${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)}]`;
-        process.stdout.write(`  ${c.label.padEnd(14)} ${f(v)}   cpu ${f(u)}\n`);
+        const sw = switches.get(c.label);
+        const g = (xs: number[]) => `${median(xs).toFixed(2)} [${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}]`;
+        process.stdout.write(`  ${c.label.padEnd(14)} ${f(v)}   cpu ${f(u)}${sw ? `   daemon context switches per ${w.metric === 'IOPS' ? 'I/O' : 'MiB'} ${g(sw)}` : ''}\n`);
       }
     }
   } finally {

@@ -46,9 +46,13 @@ export interface BenchResults {
   load: { when: string; avg: [number, number, number] }[];
   /** Fraction of each image file in the page cache after warming, per round. */
   residency: Record<string, number[]>;
+  /** The same at the end of each round: did the workloads push the images out? */
+  residencyAfter: Record<string, number[]>;
   scenarios: Record<string, ScenarioResult>;
   exports: Record<string, ExportResult>;
   memory: Record<string, MemoryResult>;
+  /** One pass with perf stat on each daemon: context switches and CPU per FUSE request (4 KiB or 128 KiB). */
+  diagnostics: Record<string, { title: string; metric: Metric; peers: Partial<Record<PeerName, { value: number; switchesPerRequest: number; cpuUsPerRequest: number }>> }>;
   durationSeconds: number;
 }
 
@@ -159,7 +163,9 @@ export function renderMarkdown(r: BenchResults): string {
   L.push(`| load average (1/5/15 min) | ${r.load.map((l) => `${l.when}: ${l.avg.join(' ')}`).join('; ')} |`);
   L.push(`| settings | ${Object.entries(r.settings).map(([k, v]) => `${k}=${String(v)}`).join(', ')} |`);
   const res = Object.entries(r.residency).map(([f, xs]) => `${f} ${(Math.min(...xs) * 100).toFixed(0)}%`);
-  if (res.length) L.push(`| image files in page cache (min over rounds) | ${res.join(', ')} |`);
+  if (res.length) L.push(`| image files in page cache after warming (min over rounds) | ${res.join(', ')} |`);
+  const after = Object.entries(r.residencyAfter ?? {}).map(([f, xs]) => `${f} ${(Math.min(...xs) * 100).toFixed(0)}%`);
+  if (after.length) L.push(`| ... and at the end of each round (min) | ${after.join(', ')} |`);
   L.push('');
   L.push('Figures are medians over rounds (min–max in brackets); ratios are ours/peer per round, then the median');
   L.push('(higher is better for us). MB/s = 10^6 bytes/s.');
@@ -231,6 +237,22 @@ export function renderMarkdown(r: BenchResults): string {
       for (const [p, x] of Object.entries(m.peers)) {
         L.push(`| ${name} | ${(m.imageBytes / 2 ** 20).toFixed(1)} MiB | ${PEER_TITLE[p as PeerName]} | ${cell(x.mountMs, 'ms')} | ${cell(x.rssMountedKiB.map((k) => k / 1024), 'MiB')} | ${cell(x.rssAfterReadsKiB.map((k) => k / 1024), 'MiB')} (${x.filesRead[0]} files) |`);
       }
+    }
+    L.push('');
+  }
+
+  if (Object.keys(r.diagnostics ?? {}).length) {
+    L.push('## Where the time goes: daemon context switches and CPU per FUSE request');
+    L.push('');
+    L.push('One extra pass on the full image with `perf stat -e context-switches` attached to each daemon (all threads); perf');
+    L.push('itself slows the daemons a little, so these figures are lower than the ones above. A request is 4 KiB (random) or');
+    L.push('128 KiB (sequential: the kernel splits reads into 128 KiB requests).');
+    L.push('');
+    const peers = (['ours', ...OTHERS] as PeerName[]).filter((p) => Object.values(r.diagnostics).some((d) => d.peers[p]));
+    L.push(`| workload | ${peers.map((p) => PEER_TITLE[p]).join(' | ')} |`);
+    L.push(`|---|${peers.map(() => '---').join('|')}|`);
+    for (const d of Object.values(r.diagnostics)) {
+      L.push(`| ${d.title} | ${peers.map((p) => { const x = d.peers[p]; return x ? `${fmtNum(x.value, d.metric)}; ${x.switchesPerRequest.toFixed(2)} switches, ${x.cpuUsPerRequest.toFixed(0)} µs CPU` : 'n/a'; }).join(' | ')} |`);
     }
     L.push('');
   }

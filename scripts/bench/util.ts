@@ -247,6 +247,20 @@ export function cpuSeconds(pid: number): number | undefined {
 }
 const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
 
+/** Starts `perf stat -e context-switches` on a process (all its threads); the returned function stops it and gives the count. */
+export function countSwitches(pid: number): () => Promise<number> {
+  const child = spawn('perf', ['stat', '-x', ',', '-e', 'context-switches', '-p', String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  track(child);
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  return () =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null) return resolve(NaN);
+      child.on('close', () => resolve(Number(/^(\d+),/m.exec(err)?.[1] ?? NaN)));
+      child.kill('SIGINT');
+    });
+}
+
 /** Pids whose argv holds `needle` as one argument, and whose executable's name is `exe` (basename). */
 export function findPids(exe: string, needle: string): number[] {
   const found: number[] = [];
@@ -304,6 +318,11 @@ export async function residentFraction(file: string): Promise<number | undefined
   if (r.code !== 0) return undefined;
   const [res, size] = r.stdout.trim().split(/\s+/).map(Number);
   return size ? res! / size : 1;
+}
+
+/** Drops a file's pages from the page cache (posix_fadvise DONTNEED through dd; works on FUSE files). */
+export async function dropCache(file: string): Promise<void> {
+  await run('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none']);
 }
 
 /** Reads a file once (so its pages are in the page cache). */
