@@ -257,7 +257,7 @@ async function mountPassthrough(req: MountRequest): Promise<Mounted> {
     async requests() {
       if (child.exitCode !== null) return undefined;
       child.kill('SIGUSR2');
-      const deadline = Date.now() + 2000;
+      const deadline = Date.now() + 5000;
       while (Date.now() < deadline) {
         try {
           const j = JSON.parse(fs.readFileSync(statsFile, 'utf8')) as RequestStats & { seq: number };
