@@ -144,6 +144,7 @@ function buildImage(imagePath: string, options: OpenOptions, caches: SharedCache
       caches.l2.clear();
       caches.clusters.clear();
       caches.snapshotL1.clear();
+      caches.inflater?.close();
     },
   };
 }

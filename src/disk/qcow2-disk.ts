@@ -19,13 +19,49 @@ export class Qcow2Disk implements Disk {
     readonly origin = 0,
   ) {}
 
+  /** Where the last read ended, and how far ahead compressed clusters are being inflated. */
+  private lastEnd = -1;
+  private aheadTo = 0;
+
   readSync(into: Uint8Array, position: number): number {
     const length = clampLength(this.size, into.length, position);
     if (length === 0) return 0;
     const reader = new RangeReader(this, into);
     walkRange(this.meta, this.l1(), this.origin, position, length, reader);
     reader.flush();
+    if (reader.sawCompressed && this.meta.caches.inflater) this.inflateAhead(position, length);
     return length;
+  }
+
+  /**
+   * A sequential reader of compressed clusters (this read starts where the last one ended) gets the
+   * next clusters inflated by worker threads meanwhile: up to 1 MiB (at least two clusters) ahead.
+   */
+  private inflateAhead(position: number, length: number): void {
+    const end = position + length;
+    const sequential = position === this.lastEnd;
+    this.lastEnd = end;
+    if (!sequential) {
+      this.aheadTo = end;
+      return;
+    }
+    const window = Math.max(2 * this.meta.clusterSize, 1024 * 1024);
+    const from = Math.max(end, this.aheadTo);
+    const to = Math.min(this.size, end + window);
+    if (from >= to) return;
+    this.aheadTo = to;
+    const meta = this.meta;
+    const ignore = () => undefined;
+    try {
+      walkRange(meta, this.l1(), this.origin, from, to - from, {
+        data: ignore,
+        zero: ignore,
+        unallocated: ignore,
+        compressed: (_dst, _len, hi, lo) => meta.inflateAhead(hi, lo),
+      });
+    } catch {
+      // A bad region ahead is reported by the read that reaches it.
+    }
   }
 
   read(into: Uint8Array, position: number): Promise<number> {
@@ -109,7 +145,11 @@ class RangeReader implements RunVisitor {
     this.into.fill(0, dst, dst + length);
   }
 
+  /** The read met a compressed cluster. */
+  sawCompressed = false;
+
   compressed(dst: number, length: number, hi: number, lo: number, inCluster: number, guest: number): void {
+    this.sawCompressed = true;
     const cluster = this.disk.meta.compressedCluster(hi, lo, this.disk.origin + guest - inCluster);
     this.into.set(cluster.subarray(inCluster, inCluster + length), dst);
   }

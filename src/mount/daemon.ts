@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import os from 'node:os';
 import { openImageSync } from '../image.js';
 import type { QcowImage } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../cli/common.js';
@@ -37,6 +38,17 @@ export interface DaemonHooks {
   ready(info: { pid: number; mountPoint: string }): void;
   /** Failed before ready: nothing is mounted and the caller should exit with `code`. */
   failed(message: string, code: ExitCode): void;
+}
+
+/**
+ * Worker threads inflating compressed clusters ahead of sequential readers: one per core, at most 4
+ * (on 2 cores, 1 thread gained nothing through FUSE and 2 gained 15-20% on zlib: the JS thread mostly
+ * waits). QCOW_MOUNT_INFLATE_THREADS overrides (0: none).
+ */
+function inflateThreads(): number {
+  const set = process.env.QCOW_MOUNT_INFLATE_THREADS;
+  if (set !== undefined && set !== '' && Number.isInteger(Number(set))) return Math.max(0, Number(set));
+  return Math.min(4, Math.max(1, os.availableParallelism()));
 }
 
 /** How often the daemon checks that its mount and its FUSE session are still there. */
@@ -83,6 +95,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
     image = openImageSync(config.image, {
       l2CacheBytes: config.options.l2CacheBytes,
       clusterCacheBytes: config.options.clusterCacheBytes,
+      inflateThreads: inflateThreads(),
     });
   } catch (err) {
     hooks.failed(errorMessage(err), exitCodeFor(err, EXIT.IMAGE));

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import { InflatePool } from '../codec/inflate-pool.js';
 
 export const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
 export const DEFAULT_CLUSTER_CACHE_BYTES = 32 * 1024 * 1024;
@@ -18,6 +19,11 @@ export interface CacheOptions {
    * would keep every table for good.
    */
   snapshotL1CacheBytes?: number;
+  /**
+   * Worker threads that inflate compressed clusters ahead of sequential reads (default 0: none; the
+   * mount daemon uses them). Inflated clusters land in the cluster cache as if read inline.
+   */
+  inflateThreads?: number;
 }
 
 /**
@@ -29,6 +35,8 @@ export class SharedCaches {
   readonly clusters: LRUCache<number | string, Buffer>;
   /** Snapshot L1 tables, keyed by file id, offset and entry count. */
   readonly snapshotL1: LRUCache<string, Float64Array>;
+  /** Inflating ahead of sequential readers, where enabled (inflateThreads). */
+  readonly inflater: InflatePool | undefined;
   l2Loads = 0;
   clusterInflations = 0;
 
@@ -39,6 +47,9 @@ export class SharedCaches {
     this.clusters = new LRUCache({ maxSize: clusterBytes, sizeCalculation: (v) => v.byteLength });
     const l1Bytes = Math.max(DEFAULT_SNAPSHOT_L1_CACHE_BYTES, options.snapshotL1CacheBytes ?? DEFAULT_SNAPSHOT_L1_CACHE_BYTES);
     this.snapshotL1 = new LRUCache({ maxSize: l1Bytes, sizeCalculation: (v) => Math.max(1, v.byteLength) });
+    const threads = Math.min(8, Math.max(0, Math.floor(options.inflateThreads ?? 0)));
+    // At most 16 clusters in flight or waiting to be taken (readers ask for 1 MiB or two clusters ahead).
+    this.inflater = threads > 0 ? new InflatePool(threads, 16) : undefined;
   }
 }
 

@@ -68,6 +68,12 @@ export class Qcow2Metadata {
     const key = cacheKey(this.dataFile.id, offset);
     const cached = this.caches.clusters.get(key);
     if (cached) return cached;
+    const ahead = this.caches.inflater?.take(key);
+    if (ahead) {
+      this.caches.clusters.set(key, ahead);
+      this.caches.clusterInflations++;
+      return ahead;
+    }
     const where = `compressed cluster at ${hex(offset)} (guest offset ${hex(guestOffset)})`;
     if (offset >= this.dataFile.size) {
       throw new QcowError('EIO', this.dataFile.path, `${where} lies past the end of the file (size ${this.dataFile.size})`);
@@ -85,5 +91,26 @@ export class Qcow2Metadata {
     this.caches.clusters.set(key, cluster);
     this.caches.clusterInflations++;
     return cluster;
+  }
+
+  /**
+   * Has the compressed cluster an L2 entry (hi, lo) describes inflated by a worker, unless it is cached
+   * or on its way already. Best effort: anything odd (past the end of the file, a full pool) is left to
+   * the read that will need the cluster, which inflates it itself and reports any error.
+   */
+  inflateAhead(hi: number, lo: number): void {
+    const pool = this.caches.inflater;
+    if (!pool) return;
+    // zstd inflates a 64 KiB cluster in ~60 us, zlib in ~130 us. On 2 cores, through FUSE, handing
+    // clusters to workers gained 9-28% for zlib but cost 2-10% for zstd (the cores are busy already);
+    // so zstd goes to workers only where there are cores to spare.
+    if (this.header.compressionType === 'zstd' && pool.threads < 3) return;
+    const { offset, length } = compressedDescriptor(hi, lo, this.clusterBits);
+    const key = cacheKey(this.dataFile.id, offset);
+    if (pool.has(key) || this.caches.clusters.has(key) || offset >= this.dataFile.size) return;
+    if (pool.size >= pool.maxJobs) pool.harvest((k, c) => this.caches.clusters.set(k, c));
+    const src = Buffer.allocUnsafe(length);
+    this.dataFile.readAt(src, 0, length, offset, 'compressed cluster');
+    pool.submit(key, this.header.compressionType, src, this.clusterSize);
   }
 }
