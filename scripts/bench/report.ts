@@ -97,16 +97,18 @@ interface Goal {
   measured: string;
   target: number;
   value: number | undefined;
+  /** "As close as the design allows": reported, not a pass/fail line. */
+  soft?: boolean;
 }
 
 export function goals(r: BenchResults): Goal[] {
   const g: Goal[] = [];
   const wl = (sc: string, w: string) => r.scenarios[sc]?.workloads[w];
-  const add = (goal: string, sc: string, w: string, peer: PeerName, target: number) => {
+  const add = (goal: string, sc: string, w: string, peer: PeerName, target: number, soft = false) => {
     const x = wl(sc, w);
     const rr = x ? ratio(x.values, peer) : undefined;
     const why = r.scenarios[sc]?.excluded[peer];
-    g.push({ goal, measured: `${sc} / ${w}: ours/${peer}${why ? ` (${peer}: ${why})` : ''}`, target, value: rr?.med });
+    g.push({ goal, measured: `${sc} / ${w}: ours/${peer}${why ? ` (${peer}: ${why})` : ''}`, target, value: rr?.med, soft });
   };
   for (const sc of ['full', 'snapshot']) {
     add(`Sequential read (${sc === 'full' ? 'active.raw' : 'a snapshot'}) >= 1.0x qcowmount`, sc, 'seq-1m', 'qcowmount', 1.0);
@@ -114,8 +116,8 @@ export function goals(r: BenchResults): Goal[] {
   }
   add('Random 4 KiB, 1 reader >= 1.0x qemu-storage-daemon', 'full', 'rand-4k-1', 'qsd', 1.0);
   add('Random 4 KiB, 4 readers >= 1.0x qemu-storage-daemon', 'full', 'rand-4k-4', 'qsd', 1.0);
-  add('Random 4 KiB, 1 reader: as close to qcowmount as the design allows', 'full', 'rand-4k-1', 'qcowmount', 1.0);
-  add('Random 4 KiB, 4 readers: as close to qcowmount as the design allows', 'full', 'rand-4k-4', 'qcowmount', 1.0);
+  add('Random 4 KiB, 1 reader: as close to qcowmount as the design allows', 'full', 'rand-4k-1', 'qcowmount', 1.0, true);
+  add('Random 4 KiB, 4 readers: as close to qcowmount as the design allows', 'full', 'rand-4k-4', 'qcowmount', 1.0, true);
   add('zlib sequential >= 1.0x qcowmount', 'zlib', 'seq-1m', 'qcowmount', 1.0);
   add('zlib sequential >= 1.0x qemu-storage-daemon', 'zlib', 'seq-1m', 'qsd', 1.0);
   add('zstd sequential >= 1.0x qemu-storage-daemon', 'zstd', 'seq-1m', 'qsd', 1.0);
@@ -177,7 +179,7 @@ export function renderMarkdown(r: BenchResults): string {
   L.push('|---|---|---|---|---|');
   for (const g of goals(r)) {
     const v = g.value === undefined ? 'n/a' : `${g.value.toFixed(2)}x`;
-    const met = g.value === undefined ? '–' : g.value >= g.target ? 'yes' : 'no';
+    const met = g.value === undefined ? '–' : g.value >= g.target ? 'yes' : g.soft ? 'below (best effort)' : 'no';
     L.push(`| ${g.goal} | ${g.measured} | ${v} | ${g.target.toFixed(1)}x | ${met} |`);
   }
   L.push('');
@@ -261,7 +263,8 @@ export function renderMarkdown(r: BenchResults): string {
   L.push('');
   L.push('- Peers: qcow-mount (`node dist/cli/qcow-mount.js IMAGE MNT`, background daemon), qcowmount (libqcow, C, libfuse 2), qemu-storage-daemon');
   L.push('  `--export type=fuse` (QEMU, C, libfuse 3), and `scripts/bench/passthrough.mjs`: one raw file (`qemu-img convert -O raw` output) served by');
-  L.push('  fs.readSync through fuse-native with qcow-mount\'s own mount options (it mounts through dist/mount/fuse-adapter.js): the Node ceiling.');
+  L.push('  fs.readSync through fuse-native with qcow-mount\'s own mount options (it mounts through dist/mount/fuse-adapter.js, so it also gets');
+  L.push('  qcow-mount\'s direct read handler and adaptive polling): the Node ceiling.');
   L.push('- fio 3 `--ioengine=psync --direct=0 --invalidate=1`: buffered reads as users do them, with the mounted file\'s page cache dropped');
   L.push('  (posix_fadvise DONTNEED, which works on FUSE files) before each job; no block is read twice in a job (sequential: one pass;');
   L.push('  random: fio\'s random map; 4 readers each get their own quarter of the file), so each read is served by the daemon, not by');
@@ -301,7 +304,7 @@ export function renderConsole(r: BenchResults): string {
   }
   L.push('');
   L.push('Goals (issue 4):');
-  for (const g of goals(r)) L.push(`  [${g.value === undefined ? ' ? ' : g.value >= g.target ? ' ok' : 'NO '}] ${g.goal}: ${g.value === undefined ? 'n/a' : `${g.value.toFixed(2)}x`} (${g.measured})`);
+  for (const g of goals(r)) L.push(`  [${g.value === undefined ? ' ? ' : g.value >= g.target ? ' ok' : g.soft ? ' ~ ' : 'NO '}] ${g.goal}: ${g.value === undefined ? 'n/a' : `${g.value.toFixed(2)}x`} (${g.measured})`);
   L.push('');
   return L.join('\n');
 }
