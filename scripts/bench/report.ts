@@ -164,13 +164,11 @@ export function renderMarkdown(r: BenchResults): string {
   for (const [k, v] of Object.entries(r.machine)) L.push(`| ${k} | ${v} |`);
   L.push(`| load average (1/5/15 min) | ${r.load.map((l) => `${l.when}: ${l.avg.join(' ')}`).join('; ')} |`);
   L.push(`| settings | ${Object.entries(r.settings).map(([k, v]) => `${k}=${String(v)}`).join(', ')} |`);
-  const res = Object.entries(r.residency).map(([f, xs]) => `${f} ${(Math.min(...xs) * 100).toFixed(0)}%`);
-  if (res.length) L.push(`| image files in page cache after warming (min over rounds) | ${res.join(', ')} |`);
   const after = Object.entries(r.residencyAfter ?? {}).map(([f, xs]) => `${f} ${(Math.min(...xs) * 100).toFixed(0)}%`);
-  if (after.length) L.push(`| ... and at the end of each round (min) | ${after.join(', ')} |`);
+  if (after.length) L.push(`| image files still in the page cache at the end of a round (min; each is read again right before every workload that uses it) | ${after.join(', ')} |`);
   L.push('');
   L.push('Figures are medians over rounds (min–max in brackets); ratios are ours/peer per round, then the median');
-  L.push('(higher is better for us). MB/s = 10^6 bytes/s.');
+  L.push('(higher is better for us). MB/s = 10^6 bytes/s. The load averages include the bench\'s own fio and daemons (about 2).');
   L.push('');
 
   L.push('## Goals (issue 4)');
@@ -268,7 +266,8 @@ export function renderMarkdown(r: BenchResults): string {
   L.push('- fio 3 `--ioengine=psync --direct=0 --invalidate=1`: buffered reads as users do them, with the mounted file\'s page cache dropped');
   L.push('  (posix_fadvise DONTNEED, which works on FUSE files) before each job; no block is read twice in a job (sequential: one pass;');
   L.push('  random: fio\'s random map; 4 readers each get their own quarter of the file), so each read is served by the daemon, not by');
-  L.push('  the page cache of the mounted file. The image files themselves are read before each round (page cache warm).');
+  L.push('  the page cache of the mounted file. The image files themselves are read right before every workload (page cache warm;');
+  L.push('  cheap when they are cached, and the machine is shared), and each mounted file\'s cache is dropped after its workload.');
   L.push('  Random jobs are time-limited (settings: randomSeconds); sequential jobs read the whole file (or seqBytesCap).');
   L.push('- dd: `dd iflag=nocache count=0` (drops the file\'s cache), then `dd bs=1M of=/dev/null`, timed.');
   L.push('- Every peer\'s bytes are checked against the raw file or against qemu-storage-daemon (QEMU) before timing; a peer that');
