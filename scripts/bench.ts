@@ -15,7 +15,7 @@ import path from 'node:path';
 import { type ImageSet, DEFAULT_SIZES, IMAGES, type Sizes, buildImages, filesToWarm } from './bench/images.js';
 import { type MountRequest, type Mounted, MOUNTS, PEERS, type PeerName, STATE, mountPeer } from './bench/peers.js';
 import { type BenchResults, type ScenarioResult, renderMarkdown, renderConsole } from './bench/report.js';
-import { ALL_SEQ_BYTES, type RunOptions, WORKLOADS, type Workload } from './bench/workloads.js';
+import { ALL_SEQ_BYTES, DEFAULT_SEQ_BYTES, type RunOptions, WORKLOADS, type Workload } from './bench/workloads.js';
 import {
   GiB,
   KiB,
@@ -57,7 +57,7 @@ interface Args {
 const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory', 'diagnostics'] as const;
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { quick: false, rounds: 3, skip: new Set(), out: '', seconds: 3, seqBytes: ALL_SEQ_BYTES, waitQuietMinutes: 0 };
+  const a: Args = { quick: false, rounds: 3, skip: new Set(), out: '', seconds: 3, seqBytes: DEFAULT_SEQ_BYTES, waitQuietMinutes: 0 };
   let roundsGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
@@ -74,12 +74,13 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--skip') for (const s of v().split(',')) a.skip.add(s);
     else if (k === '--out') a.out = v();
     else if (k === '--seconds') a.seconds = Number(v());
+    else if (k === '--seq-mib') a.seqBytes = Number(v()) * MiB;
     else if (k === '--wait-quiet') a.waitQuietMinutes = Number(v());
     else if (k === '--peers') a.peers = new Set(v().split(','));
     else if (k === '--workloads') a.workloads = new Set(v().split(','));
     else if (k === '--help' || k === '-h') {
       process.stdout.write(
-        `npm run bench -- [--quick] [--rounds N] [--seconds S] [--only ${SECTIONS.join(',')}] [--skip ...] [--out PATH-WITHOUT-EXTENSION] [--wait-quiet MINUTES] [--peers ours,qcowmount,qsd,passthrough] [--workloads seq-1m,seq-128k,dd-1m,rand-4k-1,rand-4k-4,rand-64k]\n`,
+        `npm run bench -- [--quick] [--rounds N] [--seconds S] [--seq-mib N] [--only ${SECTIONS.join(',')}] [--skip ...] [--out PATH-WITHOUT-EXTENSION] [--wait-quiet MINUTES] [--peers ours,qcowmount,qsd,passthrough] [--workloads seq-1m,seq-128k,dd-1m,rand-4k-1,rand-4k-4,rand-64k]\n`,
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${k} (see --help)`);
@@ -307,14 +308,14 @@ async function runScenario(sc: Scenario, round: number, opt: RunOptions, into: S
     const size = fs.statSync([...mounted.values()][0]!.file).size;
     for (const w of sc.workloads) {
       const wr = (into.workloads[w.id] ??= { title: w.title, metric: w.metric, values: {}, cpuUs: {}, requests: undefined });
-      for (const p of rotate([...mounted.keys()], round)) {
+      for (const p of mounted.keys()) { // mounted in this round's (rotated) order
         const m = mounted.get(p)!;
         // The machine is shared: other work may have pushed some of the image out of the page cache
         // since the last workload. Reading it again costs ~0.6 s per 4 GiB when it is all there.
         for (const f of targetFiles(sc.targets[p]!)) await warm(f);
         const before = m.requests ? await m.requests() : undefined;
         const cpu0 = m.pid ? cpuSeconds(m.pid) : undefined;
-        const r = await w.run(m.file, size, opt);
+        const r = await w.run(m.file, size, { ...opt, seqOffset: round * opt.seqBytes });
         const cpu1 = m.pid ? cpuSeconds(m.pid) : undefined;
         if (cpu0 !== undefined && cpu1 !== undefined) {
           // Daemon CPU per MiB served (sequential) or per I/O (random), in µs.
@@ -527,7 +528,12 @@ async function main(): Promise<void> {
     command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
     commit: gitDescribe(),
     machine: machine(),
-    settings: { rounds: args.rounds, randomSeconds: opt.seconds, seqBytesCap: opt.seqBytes === ALL_SEQ_BYTES ? 'whole file' : fmtSize(opt.seqBytes), quick: args.quick },
+    settings: {
+      rounds: args.rounds,
+      randomSeconds: opt.seconds,
+      sequentialWindow: opt.seqBytes >= ALL_SEQ_BYTES ? 'whole file' : `${fmtSize(opt.seqBytes)} per job, at offset round x ${fmtSize(opt.seqBytes)} (clipped)`,
+      quick: args.quick,
+    },
     load: [],
     residency: {},
     residencyAfter: {},

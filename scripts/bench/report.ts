@@ -144,8 +144,14 @@ export function goals(r: BenchResults): Goal[] {
     const rss = median(big.peers.ours.rssAfterReadsKiB) / 1024;
     g.push({ goal: 'Daemon memory < 200 MiB, default caches, 2 TiB image with 500 snapshots', measured: `RSS after reading every file (MiB), as 200/RSS`, target: 1.0, value: 200 / rss });
     if (small?.peers.ours) {
-      const t = median(big.peers.ours.mountMs) / median(small.peers.ours.mountMs);
-      g.push({ goal: 'Mount time does not grow with disk size or snapshot count (beyond reading the snapshot table)', measured: `mount time 2 TiB/500 snapshots vs 1 GiB/1 snapshot, as 1/ratio (>= 0.8: within 25%)`, target: 0.8, value: 1 / t });
+      // The fastest of the mounts (3 per round): on a shared machine the median carries other work's noise.
+      const t = Math.min(...big.peers.ours.mountMs) / Math.min(...small.peers.ours.mountMs);
+      g.push({
+        goal: 'Mount time does not grow with disk size or snapshot count (beyond reading the snapshot table)',
+        measured: `fastest mount, 2 TiB/500 snapshots vs 1 GiB/1 snapshot (${Math.min(...big.peers.ours.mountMs).toFixed(0)} vs ${Math.min(...small.peers.ours.mountMs).toFixed(0)} ms), as 1/ratio (>= 0.8: within 25%)`,
+        target: 0.8,
+        value: 1 / t,
+      });
     }
   }
   return g;
@@ -268,7 +274,9 @@ export function renderMarkdown(r: BenchResults): string {
   L.push('  random: fio\'s random map; 4 readers each get their own quarter of the file), so each read is served by the daemon, not by');
   L.push('  the page cache of the mounted file. The image files themselves are read right before every workload (page cache warm;');
   L.push('  cheap when they are cached, and the machine is shared), and each mounted file\'s cache is dropped after its workload.');
-  L.push('  Random jobs are time-limited (settings: randomSeconds); sequential jobs read the whole file (or seqBytesCap).');
+  L.push('  Random jobs are time-limited (settings: randomSeconds); sequential jobs (fio and dd) read a 1 GiB window, a different');
+  L.push('  one each round: 4 GiB of a mounted file in the page cache at once made the kernel reclaim memory during the read, which');
+  L.push('  capped every peer alike (~700 MB/s) on this shared machine.');
   L.push('- dd: `dd iflag=nocache count=0` (drops the file\'s cache), then `dd bs=1M of=/dev/null`, timed.');
   L.push('- Every peer\'s bytes are checked against the raw file or against qemu-storage-daemon (QEMU) before timing; a peer that');
   L.push('  cannot mount a view or serves other bytes is left out of that view, with the reason.');
