@@ -6,6 +6,7 @@
 import { createCipheriv } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { prng } from '../../test/support/prng.js';
 import { startQmp } from './qmp.js';
 import { GiB, KiB, MiB, TiB, WORK, have, log, run, runOk } from './util.js';
 
@@ -35,17 +36,6 @@ function writeRandomRaw(file: string, size: number, seed: number): void {
   }
 }
 
-/** A small deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * Text-like data that compresses as logs and source do (zlib ~3-4x), not one byte repeated: syslog-ish
