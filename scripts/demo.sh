@@ -10,6 +10,7 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v sfdisk >/dev/null || need+=(fdisk)
 command -v fusermount3 >/dev/null || need+=(fuse3)
+ldconfig -p | grep -q 'libfuse\.so\.2 ' || need+=(libfuse2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "demo: installing ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo

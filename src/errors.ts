@@ -21,13 +21,12 @@ export class QcowError extends Error {
 }
 
 /**
- * The message with control characters escaped (`\n`, `\x1b`...): names taken from an image (backing
+ * The text with control characters escaped (`\n`, `\x1b`...): names taken from an image (backing
  * and data file names, snapshot names, feature names) may hold any byte, and a message must stay one
  * line in a terminal and in the daemon's log.
  */
 export function oneLine(message: string): string {
-  // eslint-disable-next-line no-control-regex
-  return message.replace(/[\x00-\x1f\x7f\x85\u2028\u2029]/g, (c) => {
+  return message.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029]/g, (c) => {
     if (c === '\n') return '\\n';
     if (c === '\r') return '\\r';
     if (c === '\t') return '\\t';

@@ -1,15 +1,17 @@
 import path from 'node:path';
 import fs from 'node:fs';
-import { QcowError, hex } from './errors.js';
-import { type Header, decodeHeader, headerBytesWanted, l2EntriesPerTable, probeMagic } from './format/header.js';
-import { MAX_SNAPSHOTS, MAX_SNAPSHOT_TABLE_BYTES, type SnapshotEntry, decodeSnapshotEntry } from './format/snapshot.js';
-import { HostFile } from './io/host-file.js';
-import { type CacheOptions, SharedCaches } from './translate/caches.js';
-import { Qcow2Metadata } from './translate/qcow2-metadata.js';
+import { type CacheOptions, SharedCaches } from './caches.js';
+import { ClusterReader } from './disk/cluster-reader.js';
 import type { Disk } from './disk/disk.js';
 import { Qcow2Disk } from './disk/qcow2-disk.js';
 import { RawDisk } from './disk/raw-disk.js';
-import { Snapshot, loadL1Table } from './snapshot.js';
+import { QcowError } from './errors.js';
+import { type Header, decodeHeader, headerBytesWanted, l2EntriesPerTable, probeMagic } from './format/header.js';
+import { HostFile } from './io/host-file.js';
+import type { ImageFile } from './io/image-file.js';
+import { Snapshot, readSnapshotTable } from './snapshot.js';
+import { loadL1Table } from './translate/l1-table.js';
+import { Qcow2Map } from './translate/qcow2-map.js';
 
 export interface OpenOptions extends CacheOptions {
   /** Longest backing chain followed below the top image (default 32). */
@@ -71,42 +73,120 @@ export async function openImage(imagePath: string, options: OpenOptions = {}): P
 }
 
 export function openImageSync(imagePath: string, options: OpenOptions = {}): QcowImage {
-  const caches = new SharedCaches(options);
-  const opened: HostFile[] = [];
+  const ctx: ChainContext = { options, caches: new SharedCaches(options), opened: [], chain: [] };
   try {
-    return buildImage(path.resolve(imagePath), options, caches, opened);
+    const top = openLayer({ path: path.resolve(imagePath), format: 'qcow2', seen: [] }, 0, ctx);
+    return buildImage(top, ctx);
   } catch (err) {
-    for (const f of opened) f.close();
+    for (const f of ctx.opened) f.close();
     throw err;
   }
 }
 
-function buildImage(imagePath: string, options: OpenOptions, caches: SharedCaches, opened: HostFile[]): QcowImage {
-  const file = HostFile.open(imagePath);
-  opened.push(file);
+/** What opening the images of one chain shares and collects. */
+interface ChainContext {
+  readonly options: OpenOptions;
+  readonly caches: SharedCaches;
+  /** Every file opened so far, closed together. */
+  readonly opened: ImageFile[];
+  /** The images below the top one, in depth order. */
+  readonly chain: BackingLink[];
+}
+
+/** Where one image of the chain is, and how to read it. */
+interface LayerLocation {
+  path: string;
+  /** For a backing file: the image that names it and the name it gives. */
+  namedBy?: { image: string; name: string };
+  /** Undefined: probe the file (a backing file whose format the image above does not record). */
+  format?: ImageFormat;
+  /** Real paths of the images above, to refuse a cycle. */
+  seen: string[];
+}
+
+/** One opened image of the chain: the top image's is what its views are built from. */
+interface Layer {
+  file: ImageFile;
+  /** Its active view, merged with the images below it. */
+  disk: Disk;
+  header?: Header;
+  map?: Qcow2Map;
+  reader?: ClusterReader;
+  backing?: Disk;
+  dataFilePath?: string;
+}
+
+/**
+ * Opens one image of a chain (the top one at depth 0) and the chain below it: the one place where an
+ * image file becomes a Disk.
+ */
+function openLayer(at: LayerLocation, depth: number, ctx: ChainContext): Layer {
+  const { options, caches } = ctx;
+  const file = at.namedBy ? openNamedFile(at.namedBy.image, 'backing file', at.namedBy.name, at.path, options) : HostFile.open(at.path);
+  ctx.opened.push(file);
+  const format = at.format ?? probeFormat(file);
+  const link = at.namedBy ? { depth, name: at.namedBy.name, path: file.path, format, formatSource: at.format ? ('header' as const) : ('probed' as const) } : undefined;
+  if (format === 'raw') {
+    const disk = new RawDisk(file, depth);
+    if (link) ctx.chain.push({ ...link, size: disk.size });
+    return { file, disk };
+  }
+
   const header = readHeader(file);
   if (header.cryptMethod !== 'none') {
     throw new QcowError('EUNSUPPORTED', file.path, `encrypted images (${header.cryptMethod === 'aes' ? 'AES-CBC' : 'LUKS'}) are not supported yet`);
   }
-
-  let dataFile = file;
+  if (link) ctx.chain.push({ ...link, size: header.size, header });
+  let dataFile: ImageFile = file;
   let dataFilePath: string | undefined;
   if (header.hasDataFile) {
-    const name = options.dataFile ?? header.dataFile;
-    if (name === undefined) throw new QcowError('EBADIMAGE', file.path, 'needs an external data file but names none (pass dataFile)');
-    dataFilePath = options.dataFile ? path.resolve(options.dataFile) : resolveNamedFile(file.path, name, 'external data file');
-    dataFile = options.dataFile ? HostFile.open(dataFilePath, { allowNonRegular: options.allowNonRegularFiles }) : openNamedFile(file.path, 'external data file', name, dataFilePath, options);
-    opened.push(dataFile);
+    // The dataFile option stands for the top image's data file only.
+    const override = depth === 0 ? options.dataFile : undefined;
+    if (override !== undefined) {
+      dataFilePath = path.resolve(override);
+      dataFile = HostFile.open(dataFilePath, { allowNonRegular: options.allowNonRegularFiles });
+    } else {
+      if (header.dataFile === undefined) throw new QcowError('EBADIMAGE', file.path, 'needs an external data file but names none (pass dataFile)');
+      dataFilePath = resolveNamedFile(file.path, header.dataFile, 'external data file');
+      dataFile = openNamedFile(file.path, 'external data file', header.dataFile, dataFilePath, options);
+    }
+    ctx.opened.push(dataFile);
   }
+  const map = new Qcow2Map(header, file, dataFile, caches);
+  const reader = new ClusterReader(dataFile, header.compressionType, header.clusterSize, caches);
+  const backing = depth === 0 && options.noBacking ? undefined : openBacking(file.path, header, depth + 1, ctx, [...at.seen, realpath(file.path)]);
+  const l1 = loadL1Table(file, header.l1TableOffset, header.l1Size, header.clusterSize, 'active');
+  const disk = new Qcow2Disk(map, reader, () => l1, header.size, backing, depth);
+  return { file, disk, header, map, reader, backing, dataFilePath };
+}
 
-  const meta = new Qcow2Metadata(header, file, dataFile, caches, 0);
-  const backingChain: BackingLink[] = [];
-  const backing = options.noBacking ? undefined : openBacking(file.path, header, 1, options, caches, opened, backingChain, [realpath(file.path)]);
-  const activeL1 = loadL1Table(file, header.l1TableOffset, header.l1Size, header.clusterSize, 'active');
-  const active = new Qcow2Disk(meta, () => activeL1, header.size, backing);
+/** The backing file an image names, opened as the next layer down (undefined where it names none). */
+function openBacking(namingPath: string, header: Header, depth: number, ctx: ChainContext, seen: string[]): Disk | undefined {
+  if (header.backingFile === undefined) return undefined;
+  const maxDepth = ctx.options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
+  if (depth > maxDepth) throw new QcowError('EBADIMAGE', namingPath, `backing chain is deeper than ${maxDepth} images`);
+  const name = header.backingFile;
+  const target = resolveNamedFile(namingPath, name, 'backing file');
+  const real = realpath(target);
+  if (seen.includes(real)) {
+    throw new QcowError('EBADIMAGE', namingPath, `backing file cycle: ${[...seen, real].map((p) => path.basename(p)).join(' -> ')}`);
+  }
+  // An empty backing format extension means "probe", as in QEMU.
+  let format: ImageFormat | undefined;
+  if (header.backingFormat !== undefined && header.backingFormat !== '') {
+    if (header.backingFormat === 'qcow2' || header.backingFormat === 'raw') format = header.backingFormat;
+    else if (header.backingFormat === 'file') format = 'raw';
+    else throw new QcowError('EUNSUPPORTED', namingPath, `backing file ${name} has format "${header.backingFormat}", which is not supported (qcow2 and raw are)`);
+  }
+  return openLayer({ path: target, namedBy: { image: namingPath, name }, format, seen }, depth, ctx).disk;
+}
+
+/** The image's views, built on its top layer. */
+function buildImage(top: Layer, ctx: ChainContext): QcowImage {
+  const { file, header, map, reader, backing } = top as Required<Layer>;
+  const { caches } = ctx;
   const l2Span = l2EntriesPerTable(header) * header.clusterSize;
   const snapshots = readSnapshotTable(file, header).map((e) => new Snapshot(e, header.size, l2Span, file, header.clusterSize, caches.snapshotL1));
-
   const disks = new Map<Snapshot, Disk>();
   const vmStates = new Map<Snapshot, Disk>();
   return {
@@ -115,14 +195,14 @@ function buildImage(imagePath: string, options: OpenOptions, caches: SharedCache
     fileSize: file.size,
     mtime: file.mtime,
     snapshots,
-    backingChain,
-    dataFilePath,
-    active,
+    backingChain: ctx.chain,
+    dataFilePath: top.dataFilePath,
+    active: top.disk,
     caches,
     snapshotDisk(s) {
       let disk = disks.get(s);
       if (!disk) {
-        disk = new Qcow2Disk(meta, () => s.l1Table(), s.diskSize, backing);
+        disk = new Qcow2Disk(map, reader, () => s.l1Table(), s.diskSize, backing, 0);
         disks.set(s, disk);
       }
       return disk;
@@ -131,7 +211,7 @@ function buildImage(imagePath: string, options: OpenOptions, caches: SharedCache
       if (!s.hasVmState) return undefined;
       let disk = vmStates.get(s);
       if (!disk) {
-        disk = new Qcow2Disk(meta, () => s.l1Table(), s.vmStateSize, undefined, s.vmStateOffset);
+        disk = new Qcow2Disk(map, reader, () => s.l1Table(), s.vmStateSize, undefined, 0, s.vmStateOffset);
         vmStates.set(s, disk);
       }
       return disk;
@@ -140,7 +220,7 @@ function buildImage(imagePath: string, options: OpenOptions, caches: SharedCache
       return snapshots.find((s) => s.uniqueId === idOrName) ?? snapshots.find((s) => s.name === idOrName);
     },
     close() {
-      for (const f of opened) f.close();
+      for (const f of ctx.opened) f.close();
       caches.l2.clear();
       caches.clusters.clear();
       caches.snapshotL1.clear();
@@ -149,7 +229,7 @@ function buildImage(imagePath: string, options: OpenOptions, caches: SharedCache
   };
 }
 
-function readHeader(file: HostFile): Header {
+function readHeader(file: ImageFile): Header {
   const first = Buffer.alloc(Math.min(file.size, 4096));
   file.readAt(first, 0, first.length, 0, 'header');
   const { qcow, version } = probeMagic(first);
@@ -165,103 +245,12 @@ function readHeader(file: HostFile): Header {
   return decodeHeader(first, file.path, file.size);
 }
 
-function readSnapshotTable(file: HostFile, header: Header): SnapshotEntry[] {
-  const count = header.nbSnapshots;
-  if (count === 0) return [];
-  if (count > MAX_SNAPSHOTS) throw new QcowError('EBADIMAGE', file.path, `nb_snapshots ${count} is too large (at most ${MAX_SNAPSHOTS})`);
-  const tableEnd = Math.min(file.size, header.snapshotsOffset + MAX_SNAPSHOT_TABLE_BYTES);
-  const entries: SnapshotEntry[] = [];
-  let window = Buffer.alloc(0);
-  let at = 0;
-  for (let i = 0; i < count; i++) {
-    for (;;) {
-      const decoded = decodeSnapshotEntry(window, at, i, header.snapshotsOffset, file.path);
-      if (decoded) {
-        entries.push(decoded.entry);
-        at = decoded.next;
-        break;
-      }
-      // Read on: the table is read in growing steps so a huge count cannot make us read blindly.
-      const have = header.snapshotsOffset + window.length;
-      if (have >= tableEnd) {
-        const why = tableEnd < file.size ? `the snapshot table exceeds ${MAX_SNAPSHOT_TABLE_BYTES} bytes` : `it runs past the end of the file (size ${file.size})`;
-        // Name the sizes that make the entry this long, where its fixed part is there to say them.
-        const sizes =
-          at + 40 <= window.length
-            ? ` (extra_data_size ${window.readUInt32BE(at + 36)}, id_str_size ${window.readUInt16BE(at + 12)}, name_size ${window.readUInt16BE(at + 14)})`
-            : '';
-        throw new QcowError('EBADIMAGE', file.path, `snapshot ${i} of ${count} (entry at ${hex(header.snapshotsOffset + at)}) is cut short${sizes}: ${why}`);
-      }
-      const more = Math.min(tableEnd - have, Math.max(65536, window.length));
-      const next = Buffer.allocUnsafe(window.length + more);
-      window.copy(next);
-      file.readAt(next, window.length, more, have, 'snapshot table');
-      window = next;
-    }
-  }
-  return entries;
-}
-
-function openBacking(
-  namingPath: string,
-  header: Header,
-  depth: number,
-  options: OpenOptions,
-  caches: SharedCaches,
-  opened: HostFile[],
-  chain: BackingLink[],
-  seen: string[],
-): Disk | undefined {
-  if (header.backingFile === undefined) return undefined;
-  const maxDepth = options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
-  if (depth > maxDepth) throw new QcowError('EBADIMAGE', namingPath, `backing chain is deeper than ${maxDepth} images`);
-  const name = header.backingFile;
-  const target = resolveNamedFile(namingPath, name, 'backing file');
-  const real = realpath(target);
-  if (seen.includes(real)) {
-    throw new QcowError('EBADIMAGE', namingPath, `backing file cycle: ${[...seen, real].map((p) => path.basename(p)).join(' -> ')}`);
-  }
-  const file = openNamedFile(namingPath, 'backing file', name, target, options);
-  opened.push(file);
-
-  let format: ImageFormat;
-  let formatSource: BackingLink['formatSource'] = 'header';
-  // An empty backing format extension means "probe", as in QEMU.
-  if (header.backingFormat !== undefined && header.backingFormat !== '') {
-    if (header.backingFormat === 'qcow2' || header.backingFormat === 'raw') format = header.backingFormat;
-    else if (header.backingFormat === 'file') format = 'raw';
-    else throw new QcowError('EUNSUPPORTED', namingPath, `backing file ${name} has format "${header.backingFormat}", which is not supported (qcow2 and raw are)`);
-  } else {
-    format = probeFormat(file);
-    formatSource = 'probed';
-  }
-
-  if (format === 'raw') {
-    const raw = new RawDisk(file, depth);
-    chain.push({ depth, name, path: file.path, format, formatSource, size: raw.size });
-    return raw;
-  }
-  const backingHeader = readHeader(file);
-  if (backingHeader.cryptMethod !== 'none') throw new QcowError('EUNSUPPORTED', file.path, 'encrypted backing files are not supported yet');
-  let dataFile = file;
-  if (backingHeader.hasDataFile) {
-    if (backingHeader.dataFile === undefined) throw new QcowError('EBADIMAGE', file.path, 'needs an external data file but names none');
-    dataFile = openNamedFile(file.path, 'external data file', backingHeader.dataFile, resolveNamedFile(file.path, backingHeader.dataFile, 'external data file'), options);
-    opened.push(dataFile);
-  }
-  chain.push({ depth, name, path: file.path, format, formatSource, size: backingHeader.size, header: backingHeader });
-  const meta = new Qcow2Metadata(backingHeader, file, dataFile, caches, depth);
-  const below = openBacking(file.path, backingHeader, depth + 1, options, caches, opened, chain, [...seen, real]);
-  const l1 = loadL1Table(file, backingHeader.l1TableOffset, backingHeader.l1Size, backingHeader.clusterSize, 'active');
-  return new Qcow2Disk(meta, () => l1, backingHeader.size, below);
-}
-
 /**
  * Opens a file an image names (backing or external data file) so that a failure starts with the image
  * that names it: `top.qcow2: backing file "base.qcow2" (/abs/base.qcow2): no such file`. The code is
  * kept (ENOENT, EACCES, EBADIMAGE).
  */
-function openNamedFile(namingPath: string, what: string, name: string, target: string, options: OpenOptions): HostFile {
+function openNamedFile(namingPath: string, what: string, name: string, target: string, options: OpenOptions): ImageFile {
   try {
     return HostFile.open(target, { allowNonRegular: options.allowNonRegularFiles });
   } catch (err) {
@@ -281,7 +270,7 @@ const FOREIGN_MAGICS: [string, Buffer][] = [
   ['luks', Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe])],
 ];
 
-function probeFormat(file: HostFile): ImageFormat {
+function probeFormat(file: ImageFile): ImageFormat {
   const head = Buffer.alloc(Math.min(file.size, 512));
   file.readAt(head, 0, head.length, 0, 'header');
   const { qcow, version } = probeMagic(head);

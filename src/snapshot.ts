@@ -1,26 +1,9 @@
-import { QcowError, hex } from './errors.js';
-import { MAX_L1_BYTES } from './format/header.js';
-import { l1EntryOffset } from './format/l2.js';
-import type { SnapshotEntry } from './format/snapshot.js';
-import type { HostFile } from './io/host-file.js';
 import type { LRUCache } from 'lru-cache';
-
-/** Reads and decodes an L1 table (offsets of L2 tables; 0 where none), checked against the file. */
-export function loadL1Table(file: HostFile, offset: number, entries: number, clusterSize: number, what: string): Float64Array {
-  if (entries * 8 > MAX_L1_BYTES) {
-    throw new QcowError('EIO', file.path, `${what}: l1_size ${entries} is too large (at most ${MAX_L1_BYTES / 8} entries)`);
-  }
-  const l1 = new Float64Array(entries);
-  if (entries === 0) return l1;
-  if (offset % clusterSize !== 0) throw new QcowError('EIO', file.path, `${what}: L1 table offset ${hex(offset)} is not cluster aligned`);
-  if (offset + entries * 8 > file.size) {
-    throw new QcowError('EIO', file.path, `${what}: L1 table at ${hex(offset)} (${entries} entries) extends past the end of the file (size ${file.size})`);
-  }
-  const bytes = file.readExact(offset, entries * 8, `${what} L1 table`);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let i = 0; i < entries; i++) l1[i] = l1EntryOffset(view.getUint32(i * 8), view.getUint32(i * 8 + 4));
-  return l1;
-}
+import { QcowError, hex } from './errors.js';
+import type { Header } from './format/header.js';
+import { MAX_SNAPSHOTS, MAX_SNAPSHOT_TABLE_BYTES, type SnapshotEntry, decodeSnapshotEntry } from './format/snapshot-entry.js';
+import type { ImageFile } from './io/image-file.js';
+import { loadL1Table } from './translate/l1-table.js';
 
 /**
  * An internal snapshot: the table entry plus what follows from it. Its L1 table is read the first time
@@ -48,7 +31,7 @@ export class Snapshot implements SnapshotEntry {
     entry: SnapshotEntry,
     currentSize: number,
     l2Span: number,
-    private readonly file: HostFile,
+    private readonly file: ImageFile,
     private readonly clusterSize: number,
     /**
      * Where loaded L1 tables are kept (the image's bounded SharedCaches.snapshotL1); without it the
@@ -96,4 +79,42 @@ export class Snapshot implements SnapshotEntry {
     this.l1Cache?.set(key, l1);
     return l1;
   }
+}
+
+/** Reads and decodes the snapshot table the header points to, bounded by QEMU's limits. */
+export function readSnapshotTable(file: ImageFile, header: Header): SnapshotEntry[] {
+  const count = header.nbSnapshots;
+  if (count === 0) return [];
+  if (count > MAX_SNAPSHOTS) throw new QcowError('EBADIMAGE', file.path, `nb_snapshots ${count} is too large (at most ${MAX_SNAPSHOTS})`);
+  const tableEnd = Math.min(file.size, header.snapshotsOffset + MAX_SNAPSHOT_TABLE_BYTES);
+  const entries: SnapshotEntry[] = [];
+  let window = Buffer.alloc(0);
+  let at = 0;
+  for (let i = 0; i < count; i++) {
+    for (;;) {
+      const decoded = decodeSnapshotEntry(window, at, i, header.snapshotsOffset, file.path);
+      if (decoded) {
+        entries.push(decoded.entry);
+        at = decoded.next;
+        break;
+      }
+      // Read on: the table is read in growing steps so a huge count cannot make us read blindly.
+      const have = header.snapshotsOffset + window.length;
+      if (have >= tableEnd) {
+        const why = tableEnd < file.size ? `the snapshot table exceeds ${MAX_SNAPSHOT_TABLE_BYTES} bytes` : `it runs past the end of the file (size ${file.size})`;
+        // Name the sizes that make the entry this long, where its fixed part is there to say them.
+        const sizes =
+          at + 40 <= window.length
+            ? ` (extra_data_size ${window.readUInt32BE(at + 36)}, id_str_size ${window.readUInt16BE(at + 12)}, name_size ${window.readUInt16BE(at + 14)})`
+            : '';
+        throw new QcowError('EBADIMAGE', file.path, `snapshot ${i} of ${count} (entry at ${hex(header.snapshotsOffset + at)}) is cut short${sizes}: ${why}`);
+      }
+      const more = Math.min(tableEnd - have, Math.max(65536, window.length));
+      const next = Buffer.allocUnsafe(window.length + more);
+      window.copy(next);
+      file.readAt(next, window.length, more, have, 'snapshot table');
+      window = next;
+    }
+  }
+  return entries;
 }

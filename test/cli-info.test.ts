@@ -245,6 +245,6 @@ describe.skipIf(!haveQemu)('a fresh image', () => {
     execFileSync('qemu-img', ['snapshot', '-c', 'two\nlines', img]);
     const r = run([img]);
     expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/^1 +two\\x0alines +0 B/m);
+    expect(r.stdout).toMatch(/^1 +two\\nlines +0 B/m);
   });
 });

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EXIT } from '../src/cli/common.js';
+import { EXIT } from '../src/exit.js';
 import { CLI, ensureBuilt } from '../native-test/mount-support.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow-mount-cli-'));

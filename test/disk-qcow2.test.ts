@@ -609,8 +609,8 @@ describe('merging host-contiguous clusters', () => {
     b.active.write(0, run); // 0..3 contiguous
     for (let c = 7; c >= 4; c--) b.active.dataCluster(c, pattern(C, c)); // 4..7 descending
     const image = await open(b);
-    const file = image.active as unknown as { meta: { dataFile: { readAt: (...args: unknown[]) => void } } };
-    const host = file.meta.dataFile;
+    const file = image.active as unknown as { reader: { dataFile: { readAt: (...args: unknown[]) => void } } };
+    const host = file.reader.dataFile;
     const original = host.readAt;
     const calls: [number, number][] = [];
     host.readAt = function (this: unknown, ...args: unknown[]) {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { type SnapshotEntry, decodeSnapshotEntry } from '../src/format/snapshot.js';
+import { type SnapshotEntry, decodeSnapshotEntry } from '../src/format/snapshot-entry.js';
 import { QcowError } from '../src/errors.js';
 import { encodeSnapshotEntry, snapshotExtra } from './support/build-image.js';
 

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import type { SnapshotInfo } from '../src/info/describe.js';
-import { formatExtents, formatSize, formatSizeExact, formatSnapshotTable, printable } from '../src/info/format-text.js';
+import { oneLine } from '../src/errors.js';
+import { formatExtents, formatSizeExact, formatSnapshotTable } from '../src/info/format-text.js';
+import { formatSize } from '../src/units.js';
 
 describe('formatSize, as QEMU size_to_str', () => {
   it.each([
@@ -27,10 +29,10 @@ describe('formatSize, as QEMU size_to_str', () => {
   });
 });
 
-describe('printable', () => {
+describe('oneLine (control characters escaped in text output)', () => {
   it('escapes control characters, keeps the rest', () => {
-    expect(printable('a\nb\tc\x7f')).toBe('a\\x0ab\\x09c\\x7f');
-    expect(printable('ünïcödé ☃ / x')).toBe('ünïcödé ☃ / x');
+    expect(oneLine('a\nb\tc\x7f')).toBe('a\\nb\\tc\\x7f');
+    expect(oneLine('ünïcödé ☃ / x')).toBe('ünïcödé ☃ / x');
   });
 });
 

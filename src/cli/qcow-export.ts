@@ -7,7 +7,8 @@ import { createHash, getHashes } from 'node:crypto';
 import { isatty } from 'node:tty';
 import { Command, Option } from 'commander';
 import { openImage } from '../image.js';
-import { CliError, EXIT, configureProgram, parseArguments, runMain } from './common.js';
+import { CliError, EXIT } from '../exit.js';
+import { configureProgram, parseArguments, runMain } from './common.js';
 import { ExportError, exportToPath } from '../export/export-to-path.js';
 import { selectView } from '../export/select-view.js';
 import { QcowError } from '../errors.js';
@@ -71,7 +72,7 @@ async function main(argv: string[]): Promise<number> {
     const hash = opts.hash ? createHash(opts.hash) : undefined;
     const toStdout = output === '-';
     // cli-progress is loaded only where a bar is drawn: it costs start-up time.
-    const progress = opts.quiet || !process.stderr.isTTY ? undefined : (await import('../export/progress.js')).startProgress(view.disk.size, view.fileName);
+    const progress = opts.quiet || !process.stderr.isTTY ? undefined : (await import('./progress.js')).startProgress(view.disk.size, view.fileName);
     const abort = new AbortController();
     const onSignal = (sig: NodeJS.Signals) => abort.abort(new CliError(`interrupted by ${sig}; nothing was written`, EXIT.OUTPUT));
     process.once('SIGINT', onSignal);

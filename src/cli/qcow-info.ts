@@ -10,7 +10,8 @@ import { QcowError } from '../errors.js';
 import { describeImage, describeSnapshots } from '../info/describe.js';
 import { formatExtents, formatInfoText, formatSnapshotDetail } from '../info/format-text.js';
 import { findSnapshot } from '../export/select-view.js';
-import { CliError, EXIT, configureProgram, parseArguments, printError, runMain } from './common.js';
+import { CliError, EXIT } from '../exit.js';
+import { configureProgram, parseArguments, printError, runMain } from './common.js';
 
 const PROG = 'qcow-info';
 

@@ -9,11 +9,14 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { openImageSync } from '../image.js';
-import { CliError, EXIT, type ExitCode, configureProgram, errorMessage, exitCodeFor, parseSize, printError } from './common.js';
+import { CliError, EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
+import { parseSize } from '../units.js';
+import { configureProgram, printError } from './common.js';
 import type { DaemonConfig } from '../mount/daemon.js';
-import { type MountOptions, parseMountOptions } from '../mount/options.js';
+import type { MountOptions } from '../mount/options.js';
+import { parseMountOptions } from './mount-options.js';
 import { mountProblem } from '../mount/preflight.js';
-import { FUSE_SUBTYPE, defaultLogPath, ensureStateDir, findMount, pidFilePath, resolveMountPoint, stateDir, unmountSync } from '../mount/system.js';
+import { FUSE_SUBTYPE, defaultLogPath, ensureStateDir, findMount, pidFilePath, resolveMountPoint, unmountSync } from '../mount/system.js';
 import { unmountMountPoint } from '../mount/unmount.js';
 
 const PROG = 'qcow-mount';
@@ -279,9 +282,6 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
   const how = outcome.signal ? `was killed by ${outcome.signal}` : `exited with code ${outcome.code}`;
   throw new CliError(`the daemon ${how} before the mount was ready; see ${logPath}`, EXIT.MOUNT);
 }
-
-/** Exported for tests: where pid files and default logs live. */
-export { stateDir, pidFilePath };
 
 const isMain = process.argv[1] !== undefined && fs.realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
 if (isMain) {

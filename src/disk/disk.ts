@@ -1,3 +1,5 @@
+import { QcowError } from '../errors.js';
+
 /** What one run of guest bytes is made of, as the qcow2 metadata says; no guest data is read to tell. */
 export type ExtentKind =
   /** Stored uncompressed in a host file (the image, its external data file or a raw backing file). */
@@ -36,6 +38,17 @@ export interface Disk {
   read(into: Uint8Array, position: number): Promise<number>;
   /** Runs covering [start, start + length) clipped to the disk, merged where kind and depth agree. */
   extents(start: number, length: number): Extent[];
+  /**
+   * The unit the disk is mapped in (a qcow2 cluster), where it has one: a caller that walks the disk in
+   * windows sizes them by it.
+   */
+  readonly granularity?: number;
+}
+
+/** The bytes of a read at `position` that lie inside a disk of `size` bytes (0 at or past its end). */
+export function clampLength(size: number, length: number, position: number): number {
+  if (!Number.isSafeInteger(position) || position < 0) throw new QcowError('EINVAL', '', `invalid read position ${position}`);
+  return Math.max(0, Math.min(length, size - position));
 }
 
 /** `read` for a disk whose work is synchronous: its result, or its QcowError, as a promise. */

@@ -1,6 +1,5 @@
-import type { HostFile } from '../io/host-file.js';
-import { type Disk, type Extent, readAsPromise } from './disk.js';
-import { clampLength } from './qcow2-disk.js';
+import type { ImageFile } from '../io/image-file.js';
+import { type Disk, type Extent, clampLength, readAsPromise } from './disk.js';
 
 /**
  * A raw file as a disk (a raw backing file). Like QEMU's file driver it counts whole 512-byte sectors:
@@ -10,7 +9,7 @@ export class RawDisk implements Disk {
   readonly size: number;
 
   constructor(
-    readonly file: HostFile,
+    readonly file: ImageFile,
     readonly depth: number,
   ) {
     this.size = Math.ceil(file.size / 512) * 512;

@@ -244,7 +244,7 @@ function workerCount(disk: Disk, parallel: ParallelOptions): number {
 
 /** Extents per call: about 16384 clusters (so 256 MiB with 64 KiB clusters), between 8 MiB and 1 GiB. */
 function extentWindow(disk: Disk): number {
-  const cluster = (disk as { meta?: { clusterSize?: number } }).meta?.clusterSize ?? 65536;
+  const cluster = disk.granularity ?? 65536;
   return Math.min(1024 * 1024 * 1024, Math.max(8 * 1024 * 1024, cluster * 16384));
 }
 

@@ -2,7 +2,7 @@ import type { Disk } from '../disk/disk.js';
 import { QcowError } from '../errors.js';
 import type { QcowImage } from '../image.js';
 import type { Snapshot } from '../snapshot.js';
-import { snapshotStems } from '../tree/snapshot-names.js';
+import { snapshotStems } from '../names/snapshot-names.js';
 
 export interface SelectedView {
   disk: Disk;

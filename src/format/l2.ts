@@ -55,11 +55,6 @@ export function standardOffset(hi: number, lo: number): number {
   return (hi & L1_OFFSET_HI_MASK) * 0x1_0000_0000 + ((lo & OFFSET_LO_MASK) >>> 0);
 }
 
-/** True when a standard entry has bits 1..8 set (reserved: QEMU ignores them, and so do we). */
-export function hasReservedBits(lo: number): boolean {
-  return (lo & 0x1fe) !== 0;
-}
-
 export interface CompressedDescriptor {
   /** Host byte offset where the compressed data starts. */
   offset: number;

@@ -1,8 +1,8 @@
-import type { QcowImage, ImageFormat } from '../image.js';
+import type { BackingLink, QcowImage } from '../image.js';
 import type { Snapshot } from '../snapshot.js';
 import type { FeatureName } from '../format/header.js';
 import { EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE, EXT_FEATURE_TABLE } from '../format/header.js';
-import { snapshotFileNames } from '../tree/snapshot-names.js';
+import { snapshotFileNames } from '../names/snapshot-names.js';
 
 /**
  * A plain, JSON-serialisable description of an opened image: what the mount shows as `info.json` and
@@ -57,16 +57,7 @@ export interface ImageInfo {
     dataFile: string | null;
   };
   backingFile: string | null;
-  backingChain: {
-    depth: number;
-    /** The name as the image above wrote it. */
-    name: string;
-    /** The resolved path that was opened. */
-    path: string;
-    format: ImageFormat;
-    formatSource: 'header' | 'probed';
-    size: number;
-  }[];
+  backingChain: Omit<BackingLink, 'header'>[];
   dataFile: { name: string | null; path: string; raw: boolean } | null;
   snapshots: SnapshotInfo[];
   /** The file names the mount shows (relative to the mount point). */

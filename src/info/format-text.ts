@@ -4,27 +4,13 @@
  * chain, feature names and the files a mount shows.
  */
 import type { Extent } from '../disk/disk.js';
+import { oneLine } from '../errors.js';
+import { formatSize } from '../units.js';
 import type { ImageInfo, SnapshotInfo } from './describe.js';
-
-/** A size the way QEMU prints one (size_to_str): three significant digits, binary units, `0 B`. */
-export function formatSize(bytes: number): string {
-  const suffixes = ['', 'Ki', 'Mi', 'Gi', 'Ti', 'Pi', 'Ei'];
-  // QEMU moves to the next unit at 1000 of the current one (so no "1010 KiB").
-  let i = 0;
-  while (i < suffixes.length - 1 && bytes / 1024 ** i >= 1000) i++;
-  const value = bytes / 1024 ** i;
-  return `${Number(value.toPrecision(3))} ${suffixes[i]}B`;
-}
 
 /** `8 MiB (8389120 bytes)`, as qemu-img shows the virtual size. */
 export function formatSizeExact(bytes: number): string {
   return `${formatSize(bytes)} (${bytes} bytes)`;
-}
-
-/** Control characters (a newline in a snapshot name, say) shown escaped, so one entry stays one line. */
-export function printable(text: string): string {
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
 /** Terminal columns a string takes: code points, with East Asian wide ones counted twice (roughly). */
@@ -58,17 +44,24 @@ const MAX_TAG_COLUMN = 40;
 export function formatSnapshotTable(snapshots: readonly SnapshotInfo[]): string {
   const header = ['ID', 'TAG', 'VM SIZE', 'DATE', 'VM CLOCK', 'ICOUNT', 'FILE'];
   const rows = snapshots.map((s) => [
-    printable(s.id),
-    printable(s.name),
+    oneLine(s.id),
+    oneLine(s.name),
     formatSize(s.vmStateSize),
     formatDate(s.dateSeconds),
     s.vmClock,
     s.icount ?? '',
-    [s.files.raw, s.files.vmstate].filter((f): f is string => !!f).map(printable).join(', '),
+    [s.files.raw, s.files.vmstate].filter((f): f is string => !!f).map(oneLine).join(', '),
   ]);
-  const widths = header.map((h, c) => Math.max(width(h), ...rows.map((r) => (c === 1 ? Math.min(MAX_TAG_COLUMN, width(r[c]!)) : width(r[c]!)))));
   // Text columns left-aligned, numbers right-aligned, as qemu-img does.
-  const right = [false, false, true, true, true, true, false];
+  return formatTable(header, rows, [false, false, true, true, true, true, false], [Infinity, MAX_TAG_COLUMN]);
+}
+
+/**
+ * Rows under a header, columns two spaces apart and as wide as their widest cell (capped per column by
+ * `maxWidths`: a wider cell runs on), `right` ones right-aligned; the last column is never padded.
+ */
+function formatTable(header: string[], rows: string[][], right: boolean[], maxWidths: number[] = []): string {
+  const widths = header.map((h, c) => Math.max(width(h), ...rows.map((r) => Math.min(maxWidths[c] ?? Infinity, width(r[c]!)))));
   const line = (cells: string[]) =>
     cells
       .map((cell, c) => (c === cells.length - 1 ? cell : right[c] ? padStart(cell, widths[c]!) : padEnd(cell, widths[c]!)))
@@ -86,7 +79,7 @@ export interface TextInfoExtras {
 export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): string {
   const out: string[] = [];
   const yesNo = (b: boolean) => (b ? 'true' : 'false');
-  out.push(`image: ${printable(info.image)}`);
+  out.push(`image: ${oneLine(info.image)}`);
   out.push('file format: qcow2');
   out.push(`virtual size: ${formatSizeExact(info.virtualSize)}`);
   if (extras.allocatedBytes !== undefined) out.push(`disk size: ${formatSize(extras.allocatedBytes)}`);
@@ -94,8 +87,8 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
   out.push(`cluster_size: ${info.clusterSize}`);
   if (info.backingFile !== null) {
     const first = info.backingChain[0];
-    out.push(`backing file: ${printable(info.backingFile)}${first ? ` (actual path: ${printable(first.path)})` : ''}`);
-    if (info.extensions.backingFormat !== null) out.push(`backing file format: ${printable(info.extensions.backingFormat)}`);
+    out.push(`backing file: ${oneLine(info.backingFile)}${first ? ` (actual path: ${oneLine(first.path)})` : ''}`);
+    if (info.extensions.backingFormat !== null) out.push(`backing file format: ${oneLine(info.extensions.backingFormat)}`);
   }
   if (info.encryption !== 'none') out.push(`encrypted: yes (${info.encryption})`);
 
@@ -112,9 +105,9 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
     ['refcount bits', `${info.refcountBits}`],
   ];
   if (info.dataFile) {
-    fmt.push(['data file', printable(info.dataFile.name ?? info.dataFile.path)]);
+    fmt.push(['data file', oneLine(info.dataFile.name ?? info.dataFile.path)]);
     fmt.push(['data file raw', yesNo(info.dataFile.raw)]);
-  } else if (info.extensions.dataFile !== null) fmt.push(['data file', printable(info.extensions.dataFile)]);
+  } else if (info.extensions.dataFile !== null) fmt.push(['data file', oneLine(info.extensions.dataFile)]);
   fmt.push(['corrupt', yesNo(info.corrupt)], ['extended l2', yesNo(info.extendedL2)], ['dirty', yesNo(info.dirty)]);
   if (info.extensions.bitmaps) fmt.push(['bitmaps', `${info.extensions.bitmaps.count}`]);
   for (const [k, v] of fmt) out.push(`    ${k}: ${v}`);
@@ -122,7 +115,7 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
   out.push('Features:');
   for (const kind of ['incompatible', 'compatible', 'autoclear'] as const) {
     const names = info.features[kind];
-    out.push(`    ${kind}: ${names.length > 0 ? names.map(printable).join(', ') : '(none)'}`);
+    out.push(`    ${kind}: ${names.length > 0 ? names.map(oneLine).join(', ') : '(none)'}`);
   }
 
   if (info.backingChain.length > 0) {
@@ -131,12 +124,12 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
       `${l.depth}`,
       l.format,
       formatSize(l.size),
-      `${printable(l.path)}${l.formatSource === 'probed' ? ' (format probed)' : ''}`,
+      `${oneLine(l.path)}${l.formatSource === 'probed' ? ' (format probed)' : ''}`,
     ]);
     const w = [0, 1, 2].map((c) => Math.max(...rows.map((r) => width(r[c]!))));
     for (const r of rows) out.push(`    ${padStart(r[0]!, w[0]!)}  ${padEnd(r[1]!, w[1]!)}  ${padStart(r[2]!, w[2]!)}  ${r[3]}`);
   }
-  if (info.dataFile) out.push(`External data file: ${printable(info.dataFile.path)}`);
+  if (info.dataFile) out.push(`External data file: ${oneLine(info.dataFile.path)}`);
 
   out.push('Files in a mount:');
   const files: [string, string][] = [
@@ -147,16 +140,16 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
     files.push([s.files.raw, formatSizeExact(s.diskSize)]);
     if (s.files.vmstate) files.push([s.files.vmstate, formatSizeExact(s.vmStateSize)]);
   }
-  const fw = Math.min(60, Math.max(...files.map(([f]) => width(printable(f)))));
-  for (const [f, size] of files) out.push(`    ${size ? `${padEnd(printable(f), fw)}  ${size}` : printable(f)}`);
+  const fw = Math.min(60, Math.max(...files.map(([f]) => width(oneLine(f)))));
+  for (const [f, size] of files) out.push(`    ${size ? `${padEnd(oneLine(f), fw)}  ${size}` : oneLine(f)}`);
   return out.join('\n');
 }
 
 /** One snapshot in detail: `qcow-info IMAGE --snapshot NAME`. */
 export function formatSnapshotDetail(s: SnapshotInfo): string {
   const rows: [string, string][] = [
-    ['id', printable(s.id)],
-    ['name', printable(s.name)],
+    ['id', oneLine(s.id)],
+    ['name', oneLine(s.name)],
     ['index', `${s.index}`],
     ['date', `${formatDate(s.dateSeconds)} (${s.date})`],
     ['vm clock', `${s.vmClock} (${s.vmClockNs} ns)`],
@@ -165,9 +158,9 @@ export function formatSnapshotDetail(s: SnapshotInfo): string {
     ['icount', s.icount ?? '(none)'],
     ['l1 table', `${s.l1Size} entries at 0x${s.l1TableOffset.toString(16)}`],
     ['extra data', `${s.extraDataSize} bytes`],
-    ['file', printable(s.files.raw)],
+    ['file', oneLine(s.files.raw)],
   ];
-  if (s.files.vmstate) rows.push(['vm state file', printable(s.files.vmstate)]);
+  if (s.files.vmstate) rows.push(['vm state file', oneLine(s.files.vmstate)]);
   return rows.map(([k, v]) => `${k}: ${v}`).join('\n');
 }
 
@@ -183,15 +176,8 @@ export function formatExtents(extents: readonly Extent[], chainFiles: readonly s
     e.kind,
     `${e.depth}`,
     e.host !== undefined ? hex(e.host) : '',
-    e.kind === 'data' || e.kind === 'compressed' ? printable(chainFiles[e.depth] ?? '') : '',
+    e.kind === 'data' || e.kind === 'compressed' ? oneLine(chainFiles[e.depth] ?? '') : '',
   ]);
   const header = ['OFFSET', 'LENGTH', 'KIND', 'DEPTH', 'HOST OFFSET', 'FILE'];
-  const widths = header.map((h, c) => Math.max(width(h), ...rows.map((r) => width(r[c]!))));
-  const right = [true, true, false, true, true, false];
-  const line = (cells: string[]) =>
-    cells
-      .map((cell, c) => (c === cells.length - 1 ? cell : right[c] ? padStart(cell, widths[c]!) : padEnd(cell, widths[c]!)))
-      .join('  ')
-      .trimEnd();
-  return [line(header), ...rows.map(line)].join('\n');
+  return formatTable(header, rows, [true, true, false, true, true, false]);
 }

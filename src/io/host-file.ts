@@ -1,19 +1,17 @@
 import fs from 'node:fs';
 import { QcowError, hex } from '../errors.js';
+import { type ImageFile, newFileId } from './image-file.js';
 
 /** O_NOATIME keeps a forensic read from touching the image's atime; only the owner (or root) may ask. */
 const NOATIME = fs.constants.O_NOATIME ?? 0;
-
-let nextFileId = 0;
 
 /**
  * One host file opened read-only (the image, its external data file, or a backing file): positional
  * reads, bounded by the size it had when opened. A read that comes back short inside that size means
  * the file changed underneath us, and is reported as EIO rather than served as zeros.
  */
-export class HostFile {
-  /** Small integer naming this file in shared cache keys. */
-  readonly id = nextFileId++;
+export class HostFile implements ImageFile {
+  readonly id = newFileId();
   readonly size: number;
   readonly mtime: Date;
   private closed = false;
@@ -55,10 +53,6 @@ export class HostFile {
     }
   }
 
-  /**
-   * Reads `length` bytes at `position` into `into[offset..]`. Bytes past the end of the file (as sized at
-   * open) read as zeros, as QEMU's file driver does; `what` names the data for the error message.
-   */
   readAt(into: Uint8Array, offset: number, length: number, position: number, what: string): void {
     const inFile = Math.max(0, Math.min(length, this.size - position));
     let done = 0;
@@ -77,7 +71,6 @@ export class HostFile {
     if (inFile < length) into.fill(0, offset + inFile, offset + length);
   }
 
-  /** Reads a metadata structure that must lie wholly inside the file. */
   readExact(position: number, length: number, what: string): Buffer {
     if (position < 0 || position + length > this.size) {
       throw new QcowError('EIO', this.path, `${what} at ${hex(position)} (${length} bytes) lies past the end of the file (size ${this.size})`);

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { openImageSync } from '../image.js';
 import type { QcowImage } from '../image.js';
-import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../cli/common.js';
+import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
 import { mountFuse } from './fuse-adapter.js';
 import { type Logger, createFuseOps } from './fuse-ops.js';
 import type { MountOptions } from './options.js';

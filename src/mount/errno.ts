@@ -11,8 +11,6 @@ export const ERRNO = {
   EISDIR: -os.constants.errno.EISDIR,
   ENOTDIR: -os.constants.errno.ENOTDIR,
   EROFS: -os.constants.errno.EROFS,
-  ENODATA: -os.constants.errno.ENODATA,
-  ENOSYS: -os.constants.errno.ENOSYS,
 } as const;
 
 /**

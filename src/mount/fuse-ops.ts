@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import { QcowError } from '../errors.js';
 import { ERRNO, describeFailure, errnoFor } from './errno.js';
 import { FdTable } from './fd-table.js';
 import type { FileNode, MountNode, MountTree } from './tree.js';
@@ -201,7 +202,7 @@ export function createFuseOps(tree: MountTree, options: OpsOptions): MountOps {
         if (why !== lastFailure || now - lastFailureAt > 2000) logger.log(`EIO: read ${path} at offset ${pos} (+${len}): ${why}`);
         lastFailure = why;
         lastFailureAt = now;
-        if (!(err instanceof Error && err.name === 'QcowError') && err instanceof Error && err.stack) logger.log(err.stack);
+        if (!(err instanceof QcowError) && err instanceof Error && err.stack) logger.log(err.stack);
         cb(errnoFor(err));
       }
     },

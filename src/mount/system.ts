@@ -173,15 +173,6 @@ export function pidFileAlive(info: PidFile): boolean {
   return info.startTime === '' || st.startTime === info.startTime;
 }
 
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 function onPath(name: string): string | undefined {
   for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
     const p = path.join(dir || '.', name);

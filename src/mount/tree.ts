@@ -1,7 +1,7 @@
 import type { Disk } from '../disk/disk.js';
 import type { QcowImage } from '../image.js';
 import { describeImage } from '../info/describe.js';
-import { snapshotFileNames } from '../tree/snapshot-names.js';
+import { snapshotFileNames } from '../names/snapshot-names.js';
 
 /**
  * The file tree a mount shows, built once from an opened image (the image is immutable while mounted):

@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { CliError, EXIT } from '../cli/common.js';
+import { CliError, EXIT } from '../exit.js';
 import { findMount, pidFileAlive, pidFilePath, readPidFile, resolveMountPoint, unmountSync } from './system.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

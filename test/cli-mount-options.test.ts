@@ -2,8 +2,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { CliError, EXIT, parseSize } from '../src/cli/common.js';
-import { parseMountOptions } from '../src/mount/options.js';
+import { CliError, EXIT } from '../src/exit.js';
+import { parseSize } from '../src/units.js';
+import { parseMountOptions } from '../src/cli/mount-options.js';
 import { allowOtherProblem } from '../src/mount/preflight.js';
 
 function usageError(fn: () => unknown): CliError {

@@ -1,15 +1,16 @@
 /**
- * The translation layer alone: walkRange over hand-built images, the metadata loader and the shared
- * caches. Expected runs are computed from where the builder put each cluster.
+ * The translation layer alone: Qcow2Map.mapRun over hand-built images, the L2 table loader and the
+ * shared caches. Expected runs are computed from where the builder put each cluster.
  */
 import fs from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { decodeHeader } from '../src/format/header.js';
 import { HostFile } from '../src/io/host-file.js';
-import { loadL1Table } from '../src/snapshot.js';
-import { SharedCaches, cacheKey } from '../src/translate/caches.js';
-import { Qcow2Metadata } from '../src/translate/qcow2-metadata.js';
-import { type RunVisitor, walkRange } from '../src/translate/walk.js';
+import { loadL1Table } from '../src/translate/l1-table.js';
+import { SharedCaches } from '../src/caches.js';
+import { fileOffsetKey as cacheKey } from '../src/io/image-file.js';
+import { compressedDescriptor } from '../src/format/l2.js';
+import { Qcow2Map, Run, RunKind } from '../src/translate/qcow2-map.js';
 import { QcowError } from '../src/errors.js';
 import { openImage } from '../src/image.js';
 import { COMPRESSED, COPIED, ImageBuilder, compressible, pattern, tempDir } from './support/build-image.js';
@@ -23,7 +24,7 @@ afterAll(() => {
 let serial = 0;
 
 interface Opened {
-  meta: Qcow2Metadata;
+  map: Qcow2Map;
   l1: Float64Array;
   caches: SharedCaches;
 }
@@ -40,31 +41,41 @@ function openMeta(b: ImageBuilder, caches = new SharedCaches(), dataFile?: strin
     data = HostFile.open(dataFile);
     files.push(data);
   }
-  const meta = new Qcow2Metadata(header, file, data, caches, 0);
+  const map = new Qcow2Map(header, file, data, caches);
   const l1 = loadL1Table(file, header.l1TableOffset, header.l1Size, header.clusterSize, 'active');
-  return { meta, l1, caches };
+  return { map, l1, caches };
 }
 
-type Run = [kind: string, ...args: number[]];
+type RunT = [kind: string, ...args: number[]];
 
-function runs(o: Opened, position: number, length: number, origin = 0): Run[] {
-  const out: Run[] = [];
-  const visitor: RunVisitor = {
-    data: (dst, len, host) => out.push(['data', dst, len, host]),
-    zero: (dst, len) => out.push(['zero', dst, len]),
-    unallocated: (dst, len, guest) => out.push(['unallocated', dst, len, guest]),
-    compressed: (dst, len, hi, lo, inCluster, guest) => out.push(['compressed', dst, len, hi, lo, inCluster, guest]),
-  };
-  walkRange(o.meta, o.l1, origin, position, length, visitor);
+/**
+ * The runs mapRun gives for a range, as tuples: data (dst, length, host), zero (dst, length),
+ * unallocated (dst, length, view position), compressed (dst, length, stream offset, stream length,
+ * offset in the cluster, view position).
+ */
+function runs(o: Opened, position: number, length: number, origin = 0): RunT[] {
+  const out: RunT[] = [];
+  const run = new Run();
+  for (let dst = 0; dst < length; dst += run.length) {
+    o.map.mapRun(o.l1, origin, position + dst, length - dst, run);
+    if (run.kind === RunKind.Data) out.push(['data', dst, run.length, run.host]);
+    else if (run.kind === RunKind.Zero) out.push(['zero', dst, run.length]);
+    else if (run.kind === RunKind.Unallocated) out.push(['unallocated', dst, run.length, position + dst]);
+    else out.push(['compressed', dst, run.length, run.host, run.hostLength, run.inCluster, position + dst]);
+  }
   return out;
 }
 
-/** Joins zero and unallocated runs that continue each other (walkRange reports subclusters one by one). */
-function merged(list: Run[]): Run[] {
-  const out: Run[] = [];
+/**
+ * Joins pieces that continue each other into the runs mapRun reports: zero and unallocated runs, and
+ * data runs whose host offsets follow on. Compressed runs stay one cluster each.
+ */
+function merged(list: RunT[]): RunT[] {
+  const out: RunT[] = [];
   for (const r of list) {
     const last = out[out.length - 1];
-    if (last && last[0] === r[0] && (r[0] === 'zero' || r[0] === 'unallocated') && last[1]! + last[2]! === r[1]) {
+    const follows = last && last[0] === r[0] && last[1]! + last[2]! === r[1];
+    if (follows && (r[0] === 'zero' || r[0] === 'unallocated' || (r[0] === 'data' && last[3]! + last[2]! === r[3]))) {
       last[2]! += r[2]!;
       continue;
     }
@@ -84,11 +95,11 @@ function eio(fn: () => unknown): QcowError {
   throw new Error('expected EIO');
 }
 
-describe('walkRange', () => {
+describe('Qcow2Map.mapRun', () => {
   const C = 4096;
   const SPAN = 512 * C;
 
-  it('splits a range into per-cluster runs with host offsets, never reading guest data', () => {
+  it('maps a range into runs with host offsets, never reading guest data', () => {
     const b = new ImageBuilder({ clusterBits: 12, size: 3 * SPAN });
     const h0 = b.active.dataCluster(0, pattern(C, 1));
     b.active.zeroCluster(1);
@@ -98,24 +109,23 @@ describe('walkRange', () => {
     const h511 = b.active.dataCluster(511, pattern(C, 5));
     const h512 = b.active.dataCluster(512, pattern(C, 6));
     const o = openMeta(b);
-    const hi = Number(comp.entry >> 32n);
-    const lo = Number(comp.entry & 0xffff_ffffn);
-    expect(runs(o, 100, 5 * C - 150)).toEqual([
+    const desc = compressedDescriptor(Number(comp.entry >> 32n), Number(comp.entry & 0xffff_ffffn), 12);
+    expect(runs(o, 100, 5 * C - 150)).toEqual(merged([
       ['data', 0, C - 100, h0 + 100],
       ['zero', C - 100, C],
       ['unallocated', 2 * C - 100, C, 2 * C],
-      ['compressed', 3 * C - 100, C, hi, lo, 0, 3 * C],
+      ['compressed', 3 * C - 100, C, desc.offset, desc.length, 0, 3 * C],
       ['data', 4 * C - 100, C - 50, h4],
-    ]);
-    expect(runs(o, 511 * C + 10, C)).toEqual([
+    ]));
+    expect(runs(o, 511 * C + 10, C)).toEqual(merged([
       ['data', 0, C - 10, h511 + 10],
       ['data', C - 10, 10, h512],
-    ]);
+    ]));
     // L1 index 2 has no L2 table: one run for the whole span, whatever its length.
-    expect(runs(o, 2 * SPAN - 5, SPAN + 5)).toEqual([
+    expect(runs(o, 2 * SPAN - 5, SPAN + 5)).toEqual(merged([
       ['unallocated', 0, 5, 2 * SPAN - 5],
       ['unallocated', 5, SPAN, 2 * SPAN],
-    ]);
+    ]));
     expect(runs(o, 0, 0)).toEqual([]);
   });
 
@@ -124,10 +134,10 @@ describe('walkRange', () => {
     b.active.dataCluster(0, pattern(C, 1));
     const o = openMeta(b);
     expect(o.l1.length).toBe(1);
-    expect(runs(o, SPAN - 10, 20)).toEqual([
+    expect(runs(o, SPAN - 10, 20)).toEqual(merged([
       ['unallocated', 0, 10, SPAN - 10],
       ['unallocated', 10, 10, SPAN],
-    ]);
+    ]));
   });
 
   it('shifts the view by an origin (a VM state window) and reports view positions', () => {
@@ -135,17 +145,17 @@ describe('walkRange', () => {
     const h = b.active.dataCluster(512, pattern(C, 1));
     b.active.zeroCluster(514);
     const o = openMeta(b);
-    expect(runs(o, 10, 3 * C, SPAN)).toEqual([
+    expect(runs(o, 10, 3 * C, SPAN)).toEqual(merged([
       ['data', 0, C - 10, h + 10],
       ['unallocated', C - 10, C, C],
       ['zero', 2 * C - 10, C],
       ['unallocated', 3 * C - 10, 10, 3 * C],
-    ]);
+    ]));
     // Across the end of an L2 span with an origin that is not span-aligned.
-    expect(runs(o, SPAN - C - 4, 8, C)).toEqual([
+    expect(runs(o, SPAN - C - 4, 8, C)).toEqual(merged([
       ['unallocated', 0, 4, SPAN - C - 4],
       ['data', 4, 4, h],
-    ]);
+    ]));
   });
 });
 
@@ -207,7 +217,7 @@ describe('QEMU refuses these entries when reading (EIO), and so do we', () => {
   });
 });
 
-describe('Qcow2Metadata and the shared caches', () => {
+describe('L2 tables and the shared caches', () => {
   it('cacheKey keeps (file, offset) pairs apart', () => {
     expect(cacheKey(1, 0x10000)).not.toBe(cacheKey(2, 0x10000));
     expect(cacheKey(1, 0x10000)).not.toBe(cacheKey(1, 0x20000));

@@ -1,5 +1,5 @@
 import { LRUCache } from 'lru-cache';
-import { InflatePool } from '../codec/inflate-pool.js';
+import { InflatePool } from './codec/inflate-pool.js';
 
 export const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
 export const DEFAULT_CLUSTER_CACHE_BYTES = 32 * 1024 * 1024;
@@ -51,10 +51,4 @@ export class SharedCaches {
     // At most 16 clusters in flight or waiting to be taken (readers ask for 1 MiB or two clusters ahead).
     this.inflater = threads > 0 ? new InflatePool(threads, 16) : undefined;
   }
-}
-
-/** A cache key for (file, offset): a plain number while it stays exact, else a string. */
-export function cacheKey(fileId: number, offset: number): number | string {
-  const key = offset * 1024 + (fileId % 1024);
-  return fileId < 1024 && Number.isSafeInteger(key) ? key : `${fileId}:${offset}`;
 }

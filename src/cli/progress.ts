@@ -1,16 +1,5 @@
 import cliProgress from 'cli-progress';
-
-/** Bytes as qemu-img prints sizes: binary units, one decimal (`1.5 GiB`). */
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
-}
+import { formatSize } from '../units.js';
 
 function formatSeconds(s: number): string {
   if (!Number.isFinite(s)) return '--:--';
@@ -49,7 +38,7 @@ export function startProgress(total: number, label: string, stream: NodeJS.Write
         const eta = rate > 0 ? (params.total - params.value) / rate : Infinity;
         const pct = params.total > 0 ? Math.floor((params.value / params.total) * 100) : 100;
         const barText = cliProgress.Format.BarFormat(params.progress, options);
-        return `${label} ${barText} ${`${pct}`.padStart(3)}% ${formatBytes(params.value)} / ${formatBytes(params.total)}  ${formatBytes(rate)}/s  ETA ${formatSeconds(eta)}`;
+        return `${label} ${barText} ${`${pct}`.padStart(3)}% ${formatSize(params.value)} / ${formatSize(params.total)}  ${formatSize(rate)}/s  ETA ${formatSeconds(eta)}`;
       },
     },
     cliProgress.Presets.shades_classic,

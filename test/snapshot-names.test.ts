@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { type NamedSnapshot, isUsableFileName, snapshotFileNames, snapshotStems } from '../src/tree/snapshot-names.js';
+import { type NamedSnapshot, isUsableFileName, snapshotFileNames, snapshotStems } from '../src/names/snapshot-names.js';
 
 /** A table from [id, name] pairs, indexed in order. */
 function table(...rows: [id: string, name: string][]): NamedSnapshot[] {
