@@ -1,0 +1,356 @@
+import fs from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import { QcowError, hex } from '../errors.js';
+import { BlockCache, type CachedBlock } from './block-cache.js';
+import {
+  CONTROL_BYTES,
+  type ConnectionSettings,
+  type FetchBlock,
+  type FetchMessage,
+  type OpenAnswer,
+  SLOT,
+  STAT,
+  STAT_COUNT,
+  type WorkerMessage,
+  controlMessage,
+} from './remote-protocol.js';
+import { parseRemoteUrl, redactText, redactUrl } from './remote-url.js';
+
+export const DEFAULT_REMOTE_CACHE_SIZE = 256 * 1024 * 1024;
+export const DEFAULT_REMOTE_BLOCK_SIZE = 256 * 1024;
+
+export interface RemoteOptions {
+  /** Headers for every request to the image's own server (`Authorization: Bearer ...`); never logged. */
+  headers?: [string, string][];
+  /** PEM text of certificates to trust besides the system's (a self-signed server). */
+  ca?: string;
+  /** A request that gets no bytes for this long is abandoned and retried (default 15 s). */
+  timeoutMs?: number;
+  /** Retries of a failed request, with doubling backoff, before the read fails with EIO (default 4). */
+  retries?: number;
+  /** First backoff delay (default 250 ms). */
+  backoffMs?: number;
+  /** A cache shared by several files (the files of one backing chain); else each file gets its own. */
+  cache?: BlockCache;
+  /** Bytes of the file's own cache when none is shared (default 256 MiB). */
+  cacheSize?: number;
+  /** Block size of the file's own cache (default 256 KiB). */
+  blockSize?: number;
+  /** Read-ahead window for a sequential reader, at most (default 32 MiB). */
+  readAheadMax?: number;
+}
+
+/** Counters for info.json and the bench. */
+export interface RemoteStats {
+  /** Blocks a read found in the cache, or already on their way. */
+  hits: number;
+  /** Blocks a read had to ask for. */
+  misses: number;
+  /** Blocks fetched ahead of a sequential reader. */
+  readAhead: number;
+  requests: number;
+  bytesFetched: number;
+  retries: number;
+  failures: number;
+  /** Bytes the cache holds now, and at most. */
+  cacheBytes: number;
+  cacheLimit: number;
+}
+
+/** Largest Range request: several of these run in parallel ahead of a sequential reader. */
+const MAX_REQUEST_BYTES = 4 * 1024 * 1024;
+
+let nextRemoteId = 1_000_000;
+
+/**
+ * A file read over HTTP(S) with Range requests, behind the same synchronous interface as a local
+ * HostFile: `readAt` blocks (Atomics.wait) until the bytes are in shared memory that the network
+ * worker filled. Blocks are cached, adjacent misses are fetched with one request, and a sequential
+ * reader gets a growing window of blocks fetched ahead, several requests at once.
+ *
+ * `path` is the URL without credentials or query string: it is what messages and info.json show.
+ */
+export class RemoteFile {
+  readonly path: string;
+  readonly size: number;
+  readonly mtime: Date;
+  /** Validators from the server at open: a later answer with others means the object changed. */
+  readonly etag?: string;
+  readonly lastModified?: string;
+  readonly cache: BlockCache;
+  private readonly ownCache: boolean;
+  private readonly stats: BigInt64Array;
+  private readonly blockSize: number;
+  private readonly readAheadMax: number;
+  private readonly waitLimitMs: number;
+  private hits = 0;
+  private misses = 0;
+  private readAheadBlocks = 0;
+  /** Sequential reader detection: where the last read ended, and how many reads in a row followed on. */
+  private lastEnd = -1;
+  private streak = 0;
+  /** Set when the object changed on the server: no read is served after that. */
+  private changed?: string;
+  private closed = false;
+
+  private constructor(
+    /** Integer naming this file in cache keys and to the worker (distinct from local files' ids). */
+    readonly id: number,
+    /** The URL as given, with its credentials and query string: never shown. */
+    private readonly url: URL,
+    answer: OpenAnswer,
+    stats: BigInt64Array,
+    options: RemoteOptions,
+    settings: ConnectionSettings,
+  ) {
+    this.path = redactUrl(url);
+    this.size = answer.size;
+    this.etag = answer.etag;
+    this.lastModified = answer.lastModified;
+    const parsed = answer.lastModified ? new Date(answer.lastModified) : new Date(0);
+    this.mtime = Number.isNaN(parsed.getTime()) ? new Date(0) : parsed;
+    this.stats = stats;
+    this.ownCache = !options.cache;
+    this.cache = options.cache ?? new BlockCache(options.cacheSize ?? DEFAULT_REMOTE_CACHE_SIZE, options.blockSize ?? DEFAULT_REMOTE_BLOCK_SIZE);
+    this.blockSize = this.cache.blockSize;
+    // The window must leave room in the cache for the blocks being read.
+    this.readAheadMax = Math.min(options.readAheadMax ?? 32 * 1024 * 1024, Math.floor((this.cache.maxBlocks * this.blockSize) / 4));
+    this.waitLimitMs = waitLimit(settings);
+  }
+
+  /** Opens a URL: one small Range request learns the size and validators (and refuses a server without Range). */
+  static open(urlText: string | URL, options: RemoteOptions = {}): RemoteFile {
+    const url = typeof urlText === 'string' ? parseRemoteUrl(urlText) : urlText;
+    const shown = redactUrl(url);
+    const settings: ConnectionSettings = {
+      headers: options.headers ?? [],
+      ca: options.ca,
+      timeoutMs: options.timeoutMs ?? 15_000,
+      retries: options.retries ?? 4,
+      backoffMs: options.backoffMs ?? 250,
+    };
+    const client = RemoteClient.get(shown);
+    const control = new SharedArrayBuffer(CONTROL_BYTES);
+    const statsBuffer = new SharedArrayBuffer(STAT_COUNT * 8);
+    const file = nextRemoteId++;
+    client.post({ op: 'open', file, url: url.href, settings, control, stats: statsBuffer });
+    const state = waitFor(control, waitLimit(settings));
+    const text = controlMessage(control);
+    if (state !== SLOT.READY) {
+      client.post({ op: 'close', file });
+      const detail = state === SLOT.PENDING ? { message: `no answer in ${Math.round(waitLimit(settings) / 1000)} s` } : (JSON.parse(text) as { message: string; status?: number });
+      const code = detail.status === 404 || detail.status === 410 ? 'ENOENT' : detail.status === 401 || detail.status === 403 ? 'EACCES' : 'EBADIMAGE';
+      throw new QcowError(code, shown, redactText(detail.message));
+    }
+    const answer = JSON.parse(text) as OpenAnswer;
+    return new RemoteFile(file, url, answer, new BigInt64Array(statsBuffer), options, settings);
+  }
+
+  /** The URL as given, credentials and query string included: for resolving names against, never for showing. */
+  get secretUrl(): URL {
+    return this.url;
+  }
+
+  /**
+   * Reads `length` bytes at `position` into `into[offset..]`. Bytes past the end of the object read as
+   * zeros (as for a local file); a network failure after retries, or a changed object, is EIO.
+   */
+  readAt(into: Uint8Array, offset: number, length: number, position: number, what: string): void {
+    if (this.closed) throw new QcowError('EIO', this.path, `reading ${what}: the file is closed`);
+    if (this.changed) throw new QcowError('EIO', this.path, `reading ${what} at ${hex(position)}: ${this.changed}`);
+    const inFile = Math.max(0, Math.min(length, this.size - position));
+    if (inFile > 0) {
+      const bs = this.blockSize;
+      const first = Math.floor(position / bs);
+      const last = Math.floor((position + inFile - 1) / bs);
+      this.fetchMissing(first, last, true);
+      this.readAhead(position, inFile, last);
+      for (let index = first; index <= last; index++) {
+        const block = this.cache.get(this.id, index) ?? this.fetchOne(index);
+        this.settled(block, what, position);
+        const blockStart = index * bs;
+        const from = Math.max(position, blockStart);
+        const to = Math.min(position + inFile, blockStart + bs);
+        into.set(new Uint8Array(block.data, from - blockStart, to - from), offset + (from - position));
+      }
+    }
+    if (inFile < length) into.fill(0, offset + Math.max(0, inFile), offset + length);
+  }
+
+  /** Reads a metadata structure that must lie wholly inside the file. */
+  readExact(position: number, length: number, what: string): Buffer {
+    if (position < 0 || position + length > this.size) {
+      throw new QcowError('EIO', this.path, `${what} at ${hex(position)} (${length} bytes) lies past the end of the file (size ${this.size})`);
+    }
+    const buf = Buffer.allocUnsafe(length);
+    this.readAt(buf, 0, length, position, what);
+    return buf;
+  }
+
+  remoteStats(): RemoteStats {
+    return {
+      hits: this.hits,
+      misses: this.misses,
+      readAhead: this.readAheadBlocks,
+      requests: Number(Atomics.load(this.stats, STAT.REQUESTS)),
+      bytesFetched: Number(Atomics.load(this.stats, STAT.BYTES)),
+      retries: Number(Atomics.load(this.stats, STAT.RETRIES)),
+      failures: Number(Atomics.load(this.stats, STAT.FAILURES)),
+      cacheBytes: this.cache.bytes,
+      cacheLimit: this.cache.maxBlocks * this.blockSize,
+    };
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    RemoteClient.existing()?.post({ op: 'close', file: this.id });
+    this.cache.dropFile(this.id);
+  }
+
+  /** Asks for every block of [first, last] not in the cache, adjacent ones in one request. */
+  private fetchMissing(first: number, last: number, urgent: boolean): number {
+    let asked = 0;
+    let run: CachedBlock[] = [];
+    const flush = (): void => {
+      if (run.length) this.send(run, urgent);
+      run = [];
+    };
+    const perRequest = Math.max(1, Math.floor(MAX_REQUEST_BYTES / this.blockSize));
+    for (let index = first; index <= last; index++) {
+      if (this.cache.get(this.id, index)) {
+        if (urgent) this.hits++;
+        flush();
+        continue;
+      }
+      const block = this.cache.claim(this.id, index);
+      if (!block) break; // every block is in flight: the read waits for its own below
+      run.push(block);
+      asked++;
+      if (run.length === perRequest) flush();
+    }
+    flush();
+    if (urgent) this.misses += asked;
+    return asked;
+  }
+
+  private fetchOne(index: number): CachedBlock {
+    const block = this.cache.claim(this.id, index);
+    if (!block) throw new QcowError('EIO', this.path, `the block cache is full of blocks being fetched (block ${index})`);
+    this.misses++;
+    this.send([block], true);
+    return block;
+  }
+
+  private send(blocks: CachedBlock[], urgent: boolean): void {
+    const bs = this.blockSize;
+    const list: FetchBlock[] = blocks.map((b) => ({
+      start: b.index * bs,
+      length: Math.min(bs, this.size - b.index * bs),
+      control: b.control,
+      data: b.data,
+    }));
+    const msg: FetchMessage = { op: 'fetch', file: this.id, blocks: list, urgent };
+    RemoteClient.get(this.path).post(msg);
+  }
+
+  /**
+   * A read that starts where the last one ended (give or take a block: the kernel reorders a little)
+   * extends a window of blocks fetched ahead, doubling up to readAheadMax; requests go out in
+   * MAX_REQUEST_BYTES pieces so that several are in flight.
+   */
+  private readAhead(position: number, length: number, lastBlock: number): void {
+    const bs = this.blockSize;
+    const sequential = this.lastEnd >= 0 && position >= this.lastEnd - bs && position <= this.lastEnd + bs;
+    this.streak = sequential ? this.streak + 1 : 0;
+    this.lastEnd = position + length;
+    if (this.streak < 2) return;
+    const window = Math.min(this.readAheadMax, bs * 2 ** Math.min(this.streak, 30));
+    const lastInFile = Math.floor((this.size - 1) / bs);
+    const end = Math.min(lastInFile, lastBlock + Math.max(1, Math.floor(window / bs)));
+    // Top up only when a worthwhile piece of the window is missing, not one block per read.
+    let firstMissing = lastBlock + 1;
+    while (firstMissing <= end && this.cache.has(this.id, firstMissing)) firstMissing++;
+    if (firstMissing > end) return;
+    const worthwhile = Math.min(Math.floor(MAX_REQUEST_BYTES / bs), Math.max(1, Math.floor(window / bs / 2)));
+    if (end - firstMissing + 1 < worthwhile && end !== lastInFile) return;
+    this.readAheadBlocks += this.fetchMissing(firstMissing, end, false);
+  }
+
+  /** Waits for a block to settle; a failure is EIO (and a changed object fails every later read too). */
+  private settled(block: CachedBlock, what: string, position: number): void {
+    const state = waitFor(block.control, this.waitLimitMs);
+    if (state === SLOT.READY) return;
+    const why = state === SLOT.PENDING ? `no answer from the server in ${Math.round(this.waitLimitMs / 1000)} s` : controlMessage(block.control);
+    if (state === SLOT.CHANGED) this.changed = why;
+    if (state !== SLOT.PENDING) this.cache.drop(block);
+    throw new QcowError('EIO', this.path, `reading ${what} at ${hex(position)}: ${redactText(why)}`);
+  }
+}
+
+/** Longest a caller waits for one block: every attempt timing out, with every backoff, plus slack. */
+function waitLimit(s: ConnectionSettings): number {
+  let backoff = 0;
+  for (let i = 0, d = s.backoffMs; i < s.retries; i++, d *= 2) backoff += d;
+  return s.timeoutMs * (s.retries + 1) * 2 + backoff + 5_000;
+}
+
+function waitFor(control: SharedArrayBuffer, limitMs: number): number {
+  const state = new Int32Array(control, 0, 2);
+  const deadline = Date.now() + limitMs;
+  for (;;) {
+    const now = Atomics.load(state, 0);
+    if (now !== SLOT.PENDING) return now;
+    const left = deadline - Date.now();
+    if (left <= 0) return SLOT.PENDING;
+    Atomics.wait(state, 0, SLOT.PENDING, left);
+  }
+}
+
+/** The one network worker of this thread, started on first use; it never keeps the process alive. */
+class RemoteClient {
+  private static instance: RemoteClient | undefined;
+  private readonly worker: Worker;
+  private failure?: string;
+
+  private constructor() {
+    this.worker = startWorker();
+    this.worker.unref();
+    this.worker.on('error', (err) => {
+      this.failure = redactText(err.message);
+    });
+    this.worker.on('exit', () => {
+      this.failure ??= 'the network worker exited';
+      if (RemoteClient.instance === this) RemoteClient.instance = undefined;
+    });
+  }
+
+  static get(shown: string): RemoteClient {
+    const c = (RemoteClient.instance ??= new RemoteClient());
+    if (c.failure) {
+      RemoteClient.instance = undefined;
+      throw new QcowError('EIO', shown, `the network worker failed: ${c.failure}`);
+    }
+    return c;
+  }
+
+  static existing(): RemoteClient | undefined {
+    return RemoteClient.instance;
+  }
+
+  post(msg: WorkerMessage): void {
+    this.worker.postMessage(msg);
+  }
+}
+
+/**
+ * The worker is remote-worker.js beside this file; run from the TypeScript sources (tests, tsx), it is
+ * the .ts file, loaded through tsx.
+ */
+function startWorker(): Worker {
+  const js = new URL('./remote-worker.js', import.meta.url);
+  if (fs.existsSync(js)) return new Worker(js);
+  const ts = new URL('./remote-worker.ts', import.meta.url);
+  const boot = `import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(ts.href)}); })`;
+  return new Worker(boot, { eval: true });
+}

@@ -1,0 +1,344 @@
+/**
+ * The network side of remote files (remote-file.ts): a worker thread that owns the HTTP(S) connections
+ * (keep-alive agents) and writes the bytes of Range requests straight into shared memory, flagging each
+ * block when it is complete so that a waiting reader can go on before the whole request is in.
+ * Retries with backoff are done here; the calling thread only ever sees READY, FAILED or CHANGED.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import tls from 'node:tls';
+import { parentPort } from 'node:worker_threads';
+import { redactText, sameOrigin } from './remote-url.js';
+import {
+  type ConnectionSettings,
+  type FetchBlock,
+  type FetchMessage,
+  type OpenAnswer,
+  type OpenMessage,
+  type WorkerMessage,
+  SLOT,
+  STAT,
+  settle,
+} from './remote-protocol.js';
+
+/** Requests on the wire at once, over all files. */
+const MAX_IN_FLIGHT = 12;
+const MAX_REDIRECTS = 5;
+
+interface RemoteObject {
+  url: URL;
+  settings: ConnectionSettings;
+  agent: http.Agent;
+  size: number;
+  etag?: string;
+  lastModified?: string;
+  stats: BigInt64Array;
+  /** Set once a response shows another object: every later fetch fails the same way. */
+  changed?: string;
+  closed: boolean;
+  requests: Set<http.ClientRequest>;
+}
+
+/** An error that no retry can cure. */
+class FinalError extends Error {
+  constructor(
+    message: string,
+    readonly state: number = SLOT.FAILED,
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}
+
+const objects = new Map<number, RemoteObject>();
+const urgent: FetchMessage[] = [];
+const ahead: FetchMessage[] = [];
+let inFlight = 0;
+
+const agents = new Map<string, http.Agent>();
+
+function agentFor(url: URL, settings: ConnectionSettings): http.Agent {
+  const key = `${url.protocol}|${settings.ca ?? ''}`;
+  let agent = agents.get(key);
+  if (!agent) {
+    agent =
+      url.protocol === 'https:'
+        ? new https.Agent({ keepAlive: true, maxFreeSockets: MAX_IN_FLIGHT, ...(settings.ca ? { ca: [...tls.rootCertificates, settings.ca] } : {}) })
+        : new http.Agent({ keepAlive: true, maxFreeSockets: MAX_IN_FLIGHT });
+    agents.set(key, agent);
+  }
+  return agent;
+}
+
+parentPort!.on('message', (msg: WorkerMessage) => {
+  if (msg.op === 'open') void open(msg);
+  else if (msg.op === 'fetch') {
+    (msg.urgent ? urgent : ahead).push(msg);
+    pump();
+  } else if (msg.op === 'close') close(msg.file);
+});
+
+function close(file: number): void {
+  const obj = objects.get(file);
+  if (!obj) return;
+  obj.closed = true;
+  objects.delete(file);
+  for (const req of obj.requests) req.destroy(new Error('closed'));
+}
+
+async function open(msg: OpenMessage): Promise<void> {
+  const url = new URL(msg.url);
+  const obj: RemoteObject = {
+    url,
+    settings: msg.settings,
+    agent: agentFor(url, msg.settings),
+    size: -1,
+    stats: new BigInt64Array(msg.stats),
+    closed: false,
+    requests: new Set(),
+  };
+  objects.set(msg.file, obj);
+  try {
+    const answer = await withRetries(obj, () => probe(obj));
+    obj.size = answer.size;
+    obj.etag = answer.etag;
+    obj.lastModified = answer.lastModified;
+    settle(msg.control, SLOT.READY, JSON.stringify(answer));
+  } catch (err) {
+    objects.delete(msg.file);
+    const status = err instanceof FinalError ? err.status : undefined;
+    settle(msg.control, SLOT.FAILED, JSON.stringify({ message: errorText(err), status }));
+  }
+}
+
+/**
+ * Learns the size and validators with a one-byte Range GET (not HEAD: a presigned URL is signed for
+ * one method, GET), and refuses a server that ignores Range.
+ */
+async function probe(obj: RemoteObject): Promise<OpenAnswer> {
+  const res = await request(obj, 'bytes=0-0');
+  try {
+    if (res.statusCode === 200 && header(res, 'content-length') === '0') {
+      // An empty object: some servers (nginx) answer a Range on it with a plain empty 200.
+      return { size: 0, etag: header(res, 'etag'), lastModified: header(res, 'last-modified') };
+    }
+    if (res.statusCode === 200) {
+      throw new FinalError('the server ignores Range requests (answered 200 with the whole object): it cannot serve an image');
+    }
+    const etag = header(res, 'etag');
+    const lastModified = header(res, 'last-modified');
+    if (res.statusCode === 416) {
+      // An empty object has no byte 0: the server says so with its size.
+      const total = /^bytes \*\/(\d+)$/.exec(header(res, 'content-range') ?? '');
+      if (total && Number(total[1]) === 0) return { size: 0, etag, lastModified };
+    }
+    if (res.statusCode !== 206) throw statusError(res);
+    const range = parseContentRange(header(res, 'content-range'));
+    if (!range || range.start !== 0) throw new FinalError(`the server answered a Range request with a bad Content-Range "${header(res, 'content-range') ?? ''}"`);
+    if (range.total === undefined) throw new FinalError('the server does not say the object\'s size (Content-Range "bytes 0-0/*")');
+    if (!Number.isSafeInteger(range.total)) throw new FinalError(`the server gives an impossible size ${range.total}`);
+    await drain(res);
+    return { size: range.total, etag, lastModified };
+  } finally {
+    res.destroy();
+  }
+}
+
+function pump(): void {
+  while (inFlight < MAX_IN_FLIGHT) {
+    const job = urgent.shift() ?? ahead.shift();
+    if (!job) return;
+    inFlight++;
+    void fetchBlocks(job).finally(() => {
+      inFlight--;
+      pump();
+    });
+  }
+}
+
+async function fetchBlocks(job: FetchMessage): Promise<void> {
+  const obj = objects.get(job.file);
+  if (!obj) {
+    for (const b of job.blocks) settle(b.control, SLOT.FAILED, 'the file was closed');
+    return;
+  }
+  // Blocks already complete stay complete across a retry: a retry asks only for the rest.
+  let next = 0;
+  try {
+    await withRetries(obj, async () => {
+      try {
+        next = await fetchInto(obj, job.blocks, next);
+      } catch (err) {
+        next = (err as { progress?: number }).progress ?? next;
+        throw err;
+      }
+    });
+  } catch (err) {
+    const state = err instanceof FinalError ? err.state : SLOT.FAILED;
+    const text = errorText(err);
+    for (let i = next; i < job.blocks.length; i++) settle(job.blocks[i].control, state, text);
+  }
+}
+
+/** One Range request for blocks[first..]: returns the index past the last complete block. */
+async function fetchInto(obj: RemoteObject, blocks: FetchBlock[], first: number): Promise<number> {
+  if (obj.changed) throw new FinalError(obj.changed, SLOT.CHANGED);
+  const start = blocks[first].start;
+  const last = blocks[blocks.length - 1];
+  const end = last.start + last.length;
+  const res = await request(obj, `bytes=${start}-${end - 1}`);
+  let i = first;
+  try {
+    if (res.statusCode !== 206) {
+      if (res.statusCode === 200) throw changedError(obj, 'the server now ignores Range requests (200 with the whole object)');
+      throw statusError(res);
+    }
+    checkSameObject(obj, res);
+    const range = parseContentRange(header(res, 'content-range'));
+    if (!range || range.start !== start || range.end !== end - 1) {
+      throw new FinalError(`asked for bytes ${start}-${end - 1}, the server sent "${header(res, 'content-range') ?? ''}"`);
+    }
+    let filled = 0;
+    let view = new Uint8Array(blocks[i].data, 0, blocks[i].length);
+    for await (const chunk of res as AsyncIterable<Buffer>) {
+      // Read to the end (not break) so that the connection stays open for the next request.
+      if (i === blocks.length) continue;
+      Atomics.add(obj.stats, STAT.BYTES, BigInt(chunk.length));
+      let at = 0;
+      while (at < chunk.length) {
+        const n = Math.min(chunk.length - at, view.length - filled);
+        view.set(chunk.subarray(at, at + n), filled);
+        filled += n;
+        at += n;
+        if (filled === view.length) {
+          settle(blocks[i].control, SLOT.READY);
+          i++;
+          filled = 0;
+          if (i === blocks.length) break;
+          view = new Uint8Array(blocks[i].data, 0, blocks[i].length);
+        }
+      }
+    }
+    if (i < blocks.length) throw new Error(`the connection closed after ${blocks[i].start - start + filled} of ${end - start} bytes`);
+    return i;
+  } catch (err) {
+    // Hand back progress so that the retry starts at the first incomplete block.
+    throw Object.assign(err as Error, { progress: i });
+  } finally {
+    res.destroy();
+  }
+}
+
+/** Runs `attempt` up to 1 + retries times, with doubling backoff; a FinalError is not retried. */
+async function withRetries<T>(obj: RemoteObject, attempt: () => Promise<T>): Promise<T> {
+  let delay = obj.settings.backoffMs;
+  for (let n = 0; ; n++) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (err instanceof FinalError || isCertificateError(err) || obj.closed || n >= obj.settings.retries) {
+        Atomics.add(obj.stats, STAT.FAILURES, 1n);
+        throw err;
+      }
+      Atomics.add(obj.stats, STAT.RETRIES, 1n);
+      await new Promise((r) => setTimeout(r, delay));
+      delay *= 2;
+    }
+  }
+}
+
+/** A GET with a Range header; follows redirects, sends the user's headers to the image's own server only. */
+function request(obj: RemoteObject, range: string): Promise<http.IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    let redirects = 0;
+    const go = (url: URL): void => {
+      if (obj.closed) return reject(new FinalError('the file was closed'));
+      const headers: Record<string, string> = { Range: range, 'Accept-Encoding': 'identity' };
+      if (sameOrigin(url, obj.url)) for (const [k, v] of obj.settings.headers) headers[k] = v;
+      const lib = url.protocol === 'https:' ? https : http;
+      Atomics.add(obj.stats, STAT.REQUESTS, 1n);
+      const req = lib.get(url, { agent: agentFor(url, obj.settings), headers, timeout: obj.settings.timeoutMs });
+      obj.requests.add(req);
+      req.on('close', () => obj.requests.delete(req));
+      req.on('timeout', () => req.destroy(new Error(`no answer for ${obj.settings.timeoutMs} ms`)));
+      req.on('error', reject);
+      req.on('response', (res) => {
+        const status = res.statusCode ?? 0;
+        const location = header(res, 'location');
+        if (status >= 300 && status < 400 && status !== 304 && location) {
+          res.destroy();
+          if (++redirects > MAX_REDIRECTS) return reject(new FinalError(`more than ${MAX_REDIRECTS} redirects`));
+          let target: URL;
+          try {
+            target = new URL(location, url);
+          } catch {
+            return reject(new FinalError('a redirect to an invalid URL'));
+          }
+          if (target.protocol !== 'http:' && target.protocol !== 'https:') return reject(new FinalError(`a redirect to ${target.protocol}`));
+          return go(target);
+        }
+        // The body, slow or not, is watched by the socket timeout too.
+        res.socket?.setTimeout(obj.settings.timeoutMs);
+        resolve(res);
+      });
+    };
+    go(obj.url);
+  });
+}
+
+function checkSameObject(obj: RemoteObject, res: http.IncomingMessage): void {
+  const etag = header(res, 'etag');
+  const lastModified = header(res, 'last-modified');
+  const range = parseContentRange(header(res, 'content-range'));
+  if (range?.total !== undefined && range.total !== obj.size) {
+    throw changedError(obj, `its size is now ${range.total} bytes, was ${obj.size} when opened`);
+  }
+  if (obj.etag !== undefined && etag !== undefined && etag !== obj.etag) {
+    throw changedError(obj, `its ETag is now ${etag}, was ${obj.etag} when opened`);
+  }
+  if (obj.lastModified !== undefined && lastModified !== undefined && lastModified !== obj.lastModified) {
+    throw changedError(obj, `its Last-Modified is now ${lastModified}, was ${obj.lastModified} when opened`);
+  }
+}
+
+function changedError(obj: RemoteObject, why: string): FinalError {
+  obj.changed = `the object changed on the server since it was opened (${why}); no more reads are served from it`;
+  return new FinalError(obj.changed, SLOT.CHANGED);
+}
+
+function statusError(res: http.IncomingMessage): FinalError | Error {
+  const status = res.statusCode ?? 0;
+  const text = `the server answered ${status} ${res.statusMessage ?? ''}`.trim();
+  // Server errors and throttling may pass; anything else will not.
+  if (status >= 500 || status === 429 || status === 408) return new Error(text);
+  return new FinalError(text, SLOT.FAILED, status);
+}
+
+function header(res: http.IncomingMessage, name: string): string | undefined {
+  const v = res.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function parseContentRange(text: string | undefined): { start: number; end: number; total?: number } | undefined {
+  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(text?.trim() ?? '');
+  if (!m) return undefined;
+  return { start: Number(m[1]), end: Number(m[2]), total: m[3] === '*' ? undefined : Number(m[3]) };
+}
+
+async function drain(res: http.IncomingMessage): Promise<void> {
+  for await (const _ of res as AsyncIterable<Buffer>) {
+    // a one-byte body
+  }
+}
+
+/** A certificate the server presents will not be any better on a retry. */
+function isCertificateError(err: unknown): boolean {
+  const code = String((err as NodeJS.ErrnoException)?.code ?? '');
+  return /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER/.test(code);
+}
+
+function errorText(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  const text = e?.code && !String(e.message).includes(e.code) ? `${e.message} (${e.code})` : String(e?.message ?? err);
+  return redactText(text);
+}
