@@ -1,0 +1,120 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { RemoteFile } from '../src/io/remote-file.js';
+import { prng } from './support/prng.js';
+import { type TestServer, startTestServer } from './support/spawn-test-server.js';
+
+/** Servers that misbehave on purpose (test/support/http-test-server.ts, each in its own process). */
+describe('remote file: servers that misbehave', () => {
+  let dir: string;
+  let file: string;
+  let data: Buffer;
+  let server: TestServer | undefined;
+  const fast = { timeoutMs: 1000, retries: 2, backoffMs: 50 };
+
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow-remote-'));
+    file = path.join(dir, 'blob.bin');
+    const rand = prng(99);
+    data = Buffer.alloc(3 * 1024 * 1024);
+    for (let i = 0; i < data.length; i++) data[i] = (rand() * 256) | 0;
+    fs.writeFileSync(file, data);
+  });
+  afterEach(async () => {
+    await server?.kill();
+    server = undefined;
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('refuses at open a server that ignores Range, in one line', async () => {
+    server = await startTestServer(file, 'norange');
+    expect(() => RemoteFile.open(`${server!.url}/blob.bin?token=SECRET`)).toThrow(
+      new RegExp(`^${server.url}/blob\\.bin: the server ignores Range requests \\(answered 200 with the whole object\\): it cannot serve an image$`),
+    );
+  });
+
+  it('fails a read with EIO, in bounded time, when the server dies mid-read; the file stays usable for cached bytes', async () => {
+    server = await startTestServer(file, 'die-after=2');
+    const f = RemoteFile.open(`${server.url}/blob.bin`, { ...fast, blockSize: 64 * 1024 });
+    try {
+      const first = f.readExact(0, 1000, 'first');
+      expect(first.equals(data.subarray(0, 1000))).toBe(true);
+      const started = Date.now();
+      expect(() => f.readExact(1_000_000, 100_000, 'an L2 table')).toThrow(expect.objectContaining({ code: 'EIO', message: expect.stringMatching(/^http:\/\/127\.0\.0\.1:\d+\/blob\.bin: reading an L2 table at 0xf4240: /) }));
+      expect(Date.now() - started).toBeLessThan(10_000);
+      expect(f.remoteStats().retries).toBeGreaterThan(0);
+      expect(f.readExact(10, 100, 'cached').equals(data.subarray(10, 110))).toBe(true);
+    } finally {
+      f.close();
+    }
+  });
+
+  it('fails a read with EIO in bounded time when the server stops answering', async () => {
+    server = await startTestServer(file, 'stall');
+    const f = RemoteFile.open(`${server.url}/blob.bin`, { timeoutMs: 300, retries: 1, backoffMs: 50 });
+    try {
+      const started = Date.now();
+      expect(() => f.readExact(0, 10, 'header')).toThrow(/no answer for 300 ms/);
+      expect(Date.now() - started).toBeLessThan(5_000);
+    } finally {
+      f.close();
+    }
+  });
+
+  it('retries server errors with backoff and then serves the bytes', async () => {
+    server = await startTestServer(file, 'fail-first=2');
+    const f = RemoteFile.open(`${server.url}/blob.bin`, fast);
+    try {
+      expect(f.readExact(100_000, 300_000, 'data').equals(data.subarray(100_000, 400_000))).toBe(true);
+      expect(f.remoteStats().retries).toBe(2);
+    } finally {
+      f.close();
+    }
+  });
+
+  it('completes reads from a slow server that keeps sending', async () => {
+    server = await startTestServer(file, 'slow=65536');
+    const f = RemoteFile.open(`${server.url}/blob.bin`, { ...fast, blockSize: 256 * 1024 });
+    try {
+      const started = Date.now();
+      // 512 KiB at 640 KiB/s: longer than the 1 s idle timeout, but bytes keep coming.
+      expect(f.readExact(256 * 1024, 512 * 1024, 'data').equals(data.subarray(256 * 1024, 768 * 1024))).toBe(true);
+      expect(Date.now() - started).toBeGreaterThan(500);
+      expect(f.remoteStats().retries).toBe(0);
+    } finally {
+      f.close();
+    }
+  });
+
+  it('refuses every read once the object changed on the server, cached bytes included: never mixed bytes', async () => {
+    server = await startTestServer(file, 'change-after=2');
+    const f = RemoteFile.open(`${server.url}/blob.bin`, { ...fast, blockSize: 64 * 1024 });
+    try {
+      expect(f.readExact(0, 100, 'header').equals(data.subarray(0, 100))).toBe(true);
+      expect(() => f.readExact(2_000_000, 100, 'a cluster')).toThrow(/the object changed on the server since it was opened \(its ETag is now "v2", was "v1" when opened\)/);
+      expect(() => f.readExact(0, 100, 'header')).toThrow(/changed on the server/);
+      expect(f.remoteStats().retries).toBe(0);
+    } finally {
+      f.close();
+    }
+  });
+
+  it('follows redirects', async () => {
+    server = await startTestServer(file, 'redirect');
+    const f = RemoteFile.open(`${server.url}/blob.bin`, fast);
+    try {
+      expect(f.size).toBe(data.length);
+      expect(f.readExact(5, 50_000, 'data').equals(data.subarray(5, 50_005))).toBe(true);
+    } finally {
+      f.close();
+    }
+  });
+
+  it('refuses at open a server that is not there, after its retries', () => {
+    const started = Date.now();
+    expect(() => RemoteFile.open('http://127.0.0.1:1/x.qcow2?sig=SECRET', fast)).toThrow(/^http:\/\/127\.0\.0\.1:1\/x\.qcow2: connect ECONNREFUSED 127\.0\.0\.1:1$/);
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
+});
