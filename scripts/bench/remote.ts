@@ -1,0 +1,241 @@
+/**
+ * Images read over HTTP: qcow-mount URL and qcow-export URL against QEMU's curl driver on the same URL
+ * (qemu-storage-daemon with an http blockdev under a FUSE export; qemu-img convert from http://), served
+ * by a private nginx, without and with added latency (20 ms each way, by default).
+ *
+ * Latency: `tc qdisc add dev lo root netem delay 20ms` where the kernel has sch_netem and the bench is
+ * allowed to slow all of loopback (--netem); otherwise a delaying TCP proxy in front of nginx
+ * (latency-proxy.ts), which slows this one server and nothing else on a shared machine.
+ *
+ * As a script: tsx scripts/bench/remote.ts [--rounds N] [--seconds S] [--latency 0,20] [--netem]
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startNginx } from '../../test/support/nginx.js';
+import { startLatencyProxy } from './latency-proxy.js';
+import { type Mounted, MOUNTS, mountPeer } from './peers.js';
+import { IMAGES } from './images.js';
+import { KiB, MiB, REPO, atCleanUp, have, log, median, memOf, run, runOk, sleep, trackMount, unmountSync, untrackMount, isMounted } from './util.js';
+import { WORKLOADS } from './workloads.js';
+
+const EXPORT = path.join(REPO, 'dist/cli/qcow-export.js');
+const IMAGE_NAME = 'remote-256m.qcow2';
+const IMAGE_SIZE = 256 * MiB;
+
+export interface RemoteBenchOptions {
+  rounds: number;
+  seconds: number;
+  /** One-way delays to add, in ms (0 = none). */
+  latencies: number[];
+  netem: boolean;
+  /** Cache size for qcow-mount (-o remote_cache_size). */
+  cacheSize: string;
+}
+
+export interface RemoteRow {
+  workload: string;
+  latencyMs: number;
+  metric: string;
+  ours: number;
+  qemu: number;
+  /** Peak resident memory of our daemon after the workload (KiB). */
+  oursHwmKiB?: number;
+}
+
+/** Random incompressible data in a qcow2 made by qemu-img (64 KiB clusters, fully allocated). */
+async function buildImage(): Promise<string> {
+  fs.mkdirSync(IMAGES, { recursive: true });
+  const image = path.join(IMAGES, IMAGE_NAME);
+  if (fs.existsSync(image)) return image;
+  const raw = `${image}.tmp.raw`;
+  await runOk('sh', ['-c', `head -c ${IMAGE_SIZE} /dev/urandom > '${raw}'`]);
+  await runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, `${image}.tmp`]);
+  fs.rmSync(raw);
+  fs.renameSync(`${image}.tmp`, image);
+  return image;
+}
+
+/** qemu-storage-daemon reading the image with QEMU's curl driver, exported over FUSE. */
+async function mountQsdCurl(url: string, tag: string): Promise<Mounted> {
+  fs.mkdirSync(MOUNTS, { recursive: true });
+  const file = path.join(MOUNTS, `qsd-curl-${tag}.raw`);
+  if (isMounted(file)) unmountSync(file);
+  fs.writeFileSync(file, '');
+  trackMount(file);
+  const driver = url.startsWith('https:') ? 'https' : 'http';
+  const child: ChildProcess = spawn(
+    'qemu-storage-daemon',
+    [
+      '--blockdev',
+      `driver=${driver},node-name=net,url=${url},read-only=on`,
+      '--blockdev',
+      'driver=qcow2,node-name=qcow2,file=net,read-only=on',
+      '--export',
+      `type=fuse,id=exp,node-name=qcow2,mountpoint=${file},writable=off`,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  const unregister = atCleanUp(() => child.kill('SIGKILL'));
+  const t0 = Date.now();
+  for (;;) {
+    if (fs.statSync(file).size > 0) break;
+    if (child.exitCode !== null) throw new Error(`qemu-storage-daemon (curl): ${stderr.trim()}`);
+    if (Date.now() - t0 > 60_000) throw new Error('qemu-storage-daemon (curl) did not export within 60 s');
+    await sleep(20);
+  }
+  return {
+    peer: 'qsd',
+    file,
+    pid: child.pid!,
+    mountMs: Date.now() - t0,
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      const deadline = Date.now() + 5000;
+      while (child.exitCode === null && child.signalCode === null && Date.now() < deadline) await sleep(20);
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      unmountSync(file);
+      untrackMount(file);
+      unregister();
+    },
+  };
+}
+
+async function addNetem(delayMs: number): Promise<() => Promise<void>> {
+  await runOk('tc', ['qdisc', 'add', 'dev', 'lo', 'root', 'netem', 'delay', `${delayMs}ms`]);
+  let restored = false;
+  const restore = async () => {
+    if (restored) return;
+    restored = true;
+    await run('tc', ['qdisc', 'del', 'dev', 'lo', 'root']);
+  };
+  atCleanUp(() => {
+    if (!restored) spawn('tc', ['qdisc', 'del', 'dev', 'lo', 'root'], { stdio: 'ignore' });
+  });
+  return restore;
+}
+
+export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]> {
+  for (const tool of ['nginx', 'qemu-storage-daemon', 'qemu-img', 'fio']) if (!have(tool)) throw new Error(`remote bench: ${tool} is missing`);
+  const image = await buildImage();
+  const nginx = await startNginx(IMAGES);
+  const rows: RemoteRow[] = [];
+  try {
+    for (const latency of opt.latencies) {
+      let base = nginx.url;
+      let undo: (() => Promise<void>) | undefined;
+      let proxy: Awaited<ReturnType<typeof startLatencyProxy>> | undefined;
+      if (latency > 0 && opt.netem) undo = await addNetem(latency);
+      else if (latency > 0) {
+        proxy = await startLatencyProxy(nginx.port, latency);
+        base = `http://127.0.0.1:${proxy.port}`;
+      }
+      try {
+        const url = `${base}/${IMAGE_NAME}`;
+        // Under latency QEMU's curl driver is slow: sequential jobs read a smaller window.
+        const seqBytes = latency > 0 ? 64 * MiB : IMAGE_SIZE;
+        const figures = new Map<string, { ours: number[]; qemu: number[]; hwm: number[] }>();
+        const note = (w: string, who: 'ours' | 'qemu', v: number, hwm?: number) => {
+          const f = figures.get(w) ?? { ours: [], qemu: [], hwm: [] };
+          f[who].push(v);
+          if (hwm !== undefined) f.hwm.push(hwm);
+          figures.set(w, f);
+        };
+        for (let round = 0; round < opt.rounds; round++) {
+          for (const who of round % 2 ? (['qemu', 'ours'] as const) : (['ours', 'qemu'] as const)) {
+            const m =
+              who === 'ours'
+                ? await mountPeer('ours', { image: url, tag: `remote-${latency}-${round}`, oursArgs: ['-o', `remote_cache_size=${opt.cacheSize}`] })
+                : await mountQsdCurl(url, `${latency}-${round}`);
+            try {
+              for (const w of [WORKLOADS.seq1m, WORKLOADS.rand4k1]) {
+                const r = await w.run(m.file, IMAGE_SIZE, { seconds: opt.seconds, seqBytes, seqOffset: round * 64 * MiB });
+                note(w.id, who, r.value, who === 'ours' ? memOf(m.pid)?.hwmKiB : undefined);
+                log(`remote ${latency} ms ${who} ${w.id}: ${r.value.toFixed(1)} ${w.metric}`);
+              }
+            } finally {
+              await m.stop();
+            }
+          }
+          // Export of the whole image (smaller share under latency: the first 64 MiB is not selectable, so whole).
+          for (const who of ['ours', 'qemu'] as const) {
+            const out = path.join(MOUNTS, `remote-export-${who}.raw`);
+            fs.rmSync(out, { force: true });
+            const t0 = process.hrtime.bigint();
+            const r =
+              who === 'ours'
+                ? await run(process.execPath, [EXPORT, '-q', '-f', url, out], { timeoutMs: 1_800_000 })
+                : await run('qemu-img', ['convert', '-O', 'raw', url, out], { timeoutMs: 1_800_000 });
+            const s = Number(process.hrtime.bigint() - t0) / 1e9;
+            fs.rmSync(out, { force: true });
+            if (r.code !== 0) throw new Error(`${who} export failed: ${r.stderr.trim()}`);
+            note('export', who, IMAGE_SIZE / 1e6 / s);
+            log(`remote ${latency} ms ${who} export: ${(IMAGE_SIZE / 1e6 / s).toFixed(1)} MB/s`);
+          }
+        }
+        for (const [w, f] of figures) {
+          rows.push({
+            workload: w,
+            latencyMs: latency,
+            metric: w === 'rand-4k-1' ? 'IOPS' : 'MB/s',
+            ours: median(f.ours),
+            qemu: median(f.qemu),
+            oursHwmKiB: f.hwm.length ? Math.max(...f.hwm) : undefined,
+          });
+        }
+      } finally {
+        proxy?.stop();
+        await undo?.();
+      }
+    }
+  } finally {
+    await nginx.stop();
+  }
+  return rows;
+}
+
+export function renderRemote(rows: RemoteRow[], opt: RemoteBenchOptions): string {
+  const lines = [
+    '## Remote images (HTTP): qcow-mount / qcow-export URL vs QEMU\'s curl driver',
+    '',
+    `Image: ${IMAGE_SIZE / MiB} MiB of random data in a qcow2 (64 KiB clusters) served by nginx on 127.0.0.1; latency added ${opt.netem ? 'with tc netem on lo' : 'by a delaying TCP proxy (each direction)'}; medians of ${opt.rounds} rounds; qcow-mount -o remote_cache_size=${opt.cacheSize}. Peers: qemu-storage-daemon (http blockdev, FUSE export) for the mounted file, qemu-img convert -O raw for export.`,
+    '',
+    '| workload | added latency | qcow-mount | QEMU curl | ratio | our daemon peak RSS |',
+    '|---|---|---|---|---|---|',
+  ];
+  for (const r of rows) {
+    const hwm = r.oursHwmKiB !== undefined ? `${Math.round(r.oursHwmKiB / KiB)} MiB` : '';
+    lines.push(`| ${r.workload} | ${r.latencyMs} ms | ${r.ours.toFixed(1)} ${r.metric} | ${r.qemu.toFixed(1)} ${r.metric} | ${(r.ours / r.qemu).toFixed(2)}x | ${hwm} |`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  const argv = process.argv.slice(2);
+  const get = (k: string, d: string) => {
+    const i = argv.indexOf(k);
+    return i >= 0 ? argv[i + 1]! : d;
+  };
+  const opt: RemoteBenchOptions = {
+    rounds: Number(get('--rounds', '3')),
+    seconds: Number(get('--seconds', '5')),
+    latencies: get('--latency', '0,20').split(',').map(Number),
+    netem: argv.includes('--netem'),
+    cacheSize: get('--cache', '256M'),
+  };
+  const { installCleanUpHandlers, cleanUpAll } = await import('./util.js');
+  installCleanUpHandlers();
+  try {
+    const rows = await benchRemote(opt);
+    const md = renderRemote(rows, opt);
+    process.stdout.write(md);
+    const out = path.join(REPO, 'bench-work', 'remote.md');
+    fs.mkdirSync(path.dirname(out), { recursive: true });
+    fs.writeFileSync(out, md);
+  } finally {
+    cleanUpAll();
+  }
+}
