@@ -7,8 +7,11 @@ import { Qcow2Disk } from './disk/qcow2-disk.js';
 import { RawDisk } from './disk/raw-disk.js';
 import { QcowError } from './errors.js';
 import { type Header, decodeHeader, headerBytesWanted, l2EntriesPerTable, probeMagic } from './format/header.js';
+import { BlockCache } from './io/block-cache.js';
 import { HostFile } from './io/host-file.js';
 import type { ImageFile } from './io/image-file.js';
+import { DEFAULT_REMOTE_BLOCK_SIZE, DEFAULT_REMOTE_CACHE_SIZE, RemoteFile, type RemoteOptions, type RemoteStats } from './io/remote-file.js';
+import { isRemoteName, parseRemoteUrl, redactUrl, resolveRemoteName, sameOrigin } from './io/remote-url.js';
 import { Snapshot, readSnapshotTable } from './snapshot.js';
 import { loadL1Table } from './translate/l1-table.js';
 import { Qcow2Map } from './translate/qcow2-map.js';
@@ -22,6 +25,37 @@ export interface OpenOptions extends CacheOptions {
   dataFile?: string;
   /** Ignore the backing file: unallocated runs read as zeros (QEMU's `backing: null`). */
   noBacking?: boolean;
+  /** For an image given by http(s) URL (and the files it names). */
+  remote?: RemoteOpenOptions;
+}
+
+/** How images read over HTTP(S) are fetched. */
+export interface RemoteOpenOptions {
+  /**
+   * Headers sent with every request to the top image's server (scheme, host and port): a bearer token,
+   * say. Never sent to another server that a backing file name points at; never logged.
+   */
+  headers?: [string, string][];
+  /** PEM certificates to trust besides the system's (a server with a self-signed certificate). */
+  ca?: string;
+  /** Bytes of fetched blocks kept, for the whole chain (default 256 MiB). */
+  cacheSize?: number;
+  /** A request with no bytes for this long is retried (default 15 s). */
+  timeoutMs?: number;
+  /** Retries of a failed request before the read fails with EIO (default 4). */
+  retries?: number;
+}
+
+/** Where a remote image came from and how its fetching went (for info.json). */
+export interface RemoteSource {
+  /** The URL without credentials or query string. */
+  readonly url: string;
+  /** The object's size and validators, as the server gave them at open. */
+  readonly size: number;
+  readonly etag?: string;
+  readonly lastModified?: string;
+  /** Counters summed over every remote file of the chain; cache figures are the chain's shared cache. */
+  stats(): RemoteStats;
 }
 
 export type ImageFormat = 'qcow2' | 'raw';
@@ -53,6 +87,8 @@ export interface QcowImage {
   readonly backingChain: readonly BackingLink[];
   /** The external data file's resolved path, where the image has one. */
   readonly dataFilePath?: string;
+  /** Set where the image was opened by http(s) URL. */
+  readonly remote?: RemoteSource;
   /** The disk as it is now: the header's L1 table, merged with the backing chain. */
   readonly active: Disk;
   /** The disk as it was at a snapshot, with the snapshot's own size. */
@@ -67,7 +103,10 @@ export interface QcowImage {
 
 const DEFAULT_MAX_CHAIN_DEPTH = 32;
 
-/** Opens a qcow2 image read-only. Throws a QcowError (one line, naming the file) for a bad image. */
+/**
+ * Opens a qcow2 image read-only, by path or by http(s) URL (read with Range requests; its backing files
+ * resolve against the URL). Throws a QcowError (one line, naming the file) for a bad image.
+ */
 export async function openImage(imagePath: string, options: OpenOptions = {}): Promise<QcowImage> {
   return openImageSync(imagePath, options);
 }
@@ -75,7 +114,8 @@ export async function openImage(imagePath: string, options: OpenOptions = {}): P
 export function openImageSync(imagePath: string, options: OpenOptions = {}): QcowImage {
   const ctx: ChainContext = { options, caches: new SharedCaches(options), opened: [], chain: [] };
   try {
-    const top = openLayer({ path: path.resolve(imagePath), format: 'qcow2', seen: [] }, 0, ctx);
+    const at: LayerLocation = isRemoteName(imagePath) ? remoteLocation(imagePath) : { path: path.resolve(imagePath), seen: [] };
+    const top = openLayer({ ...at, format: 'qcow2' }, 0, ctx);
     return buildImage(top, ctx);
   } catch (err) {
     for (const f of ctx.opened) f.close();
@@ -91,11 +131,17 @@ interface ChainContext {
   readonly opened: ImageFile[];
   /** The images below the top one, in depth order. */
   readonly chain: BackingLink[];
+  /** For remote images: one block cache for the chain, and the top image's URL (whose server gets the headers). */
+  remoteCache?: BlockCache;
+  topUrl?: URL;
 }
 
 /** Where one image of the chain is, and how to read it. */
 interface LayerLocation {
+  /** A local path, or for a remote file its URL without secrets (what messages show). */
   path: string;
+  /** A remote file's URL as given, credentials and query string included. */
+  url?: URL;
   /** For a backing file: the image that names it and the name it gives. */
   namedBy?: { image: string; name: string };
   /** Undefined: probe the file (a backing file whose format the image above does not record). */
@@ -122,7 +168,8 @@ interface Layer {
  */
 function openLayer(at: LayerLocation, depth: number, ctx: ChainContext): Layer {
   const { options, caches } = ctx;
-  const file = at.namedBy ? openNamedFile(at.namedBy.image, 'backing file', at.namedBy.name, at.path, options) : HostFile.open(at.path);
+  const open = () => (at.url ? RemoteFile.open(at.url, remoteOptions(at.url, ctx)) : HostFile.open(at.path, at.namedBy ? { allowNonRegular: options.allowNonRegularFiles } : {}));
+  const file = at.namedBy ? openNamedFile(at.namedBy.image, 'backing file', at.namedBy.name, at.path, open) : open();
   ctx.opened.push(file);
   const format = at.format ?? probeFormat(file);
   const link = at.namedBy ? { depth, name: at.namedBy.name, path: file.path, format, formatSource: at.format ? ('header' as const) : ('probed' as const) } : undefined;
@@ -147,27 +194,30 @@ function openLayer(at: LayerLocation, depth: number, ctx: ChainContext): Layer {
       dataFile = HostFile.open(dataFilePath, { allowNonRegular: options.allowNonRegularFiles });
     } else {
       if (header.dataFile === undefined) throw new QcowError('EBADIMAGE', file.path, 'needs an external data file but names none (pass dataFile)');
-      dataFilePath = resolveNamedFile(file.path, header.dataFile, 'external data file');
-      dataFile = openNamedFile(file.path, 'external data file', header.dataFile, dataFilePath, options);
+      const where = resolveLocation(file, header.dataFile, 'external data file');
+      dataFilePath = where.path;
+      const open = () => (where.url ? RemoteFile.open(where.url, remoteOptions(where.url, ctx)) : HostFile.open(where.path, { allowNonRegular: options.allowNonRegularFiles }));
+      dataFile = openNamedFile(file.path, 'external data file', header.dataFile, dataFilePath, open);
     }
     ctx.opened.push(dataFile);
   }
   const map = new Qcow2Map(header, file, dataFile, caches);
   const reader = new ClusterReader(dataFile, header.compressionType, header.clusterSize, caches);
-  const backing = depth === 0 && options.noBacking ? undefined : openBacking(file.path, header, depth + 1, ctx, [...at.seen, realpath(file.path)]);
+  const backing = depth === 0 && options.noBacking ? undefined : openBacking(file, header, depth + 1, ctx, [...at.seen, identity(at)]);
   const l1 = loadL1Table(file, header.l1TableOffset, header.l1Size, header.clusterSize, 'active');
   const disk = new Qcow2Disk(map, reader, () => l1, header.size, backing, depth);
   return { file, disk, header, map, reader, backing, dataFilePath };
 }
 
 /** The backing file an image names, opened as the next layer down (undefined where it names none). */
-function openBacking(namingPath: string, header: Header, depth: number, ctx: ChainContext, seen: string[]): Disk | undefined {
+function openBacking(naming: ImageFile, header: Header, depth: number, ctx: ChainContext, seen: string[]): Disk | undefined {
   if (header.backingFile === undefined) return undefined;
+  const namingPath = naming.path;
   const maxDepth = ctx.options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
   if (depth > maxDepth) throw new QcowError('EBADIMAGE', namingPath, `backing chain is deeper than ${maxDepth} images`);
   const name = header.backingFile;
-  const target = resolveNamedFile(namingPath, name, 'backing file');
-  const real = realpath(target);
+  const where = resolveLocation(naming, name, 'backing file');
+  const real = identity(where);
   if (seen.includes(real)) {
     throw new QcowError('EBADIMAGE', namingPath, `backing file cycle: ${[...seen, real].map((p) => path.basename(p)).join(' -> ')}`);
   }
@@ -178,7 +228,7 @@ function openBacking(namingPath: string, header: Header, depth: number, ctx: Cha
     else if (header.backingFormat === 'file') format = 'raw';
     else throw new QcowError('EUNSUPPORTED', namingPath, `backing file ${name} has format "${header.backingFormat}", which is not supported (qcow2 and raw are)`);
   }
-  return openLayer({ path: target, namedBy: { image: namingPath, name }, format, seen }, depth, ctx).disk;
+  return openLayer({ ...where, namedBy: { image: namingPath, name }, format, seen }, depth, ctx).disk;
 }
 
 /** The image's views, built on its top layer. */
@@ -197,6 +247,7 @@ function buildImage(top: Layer, ctx: ChainContext): QcowImage {
     snapshots,
     backingChain: ctx.chain,
     dataFilePath: top.dataFilePath,
+    remote: file instanceof RemoteFile ? remoteSource(file, ctx) : undefined,
     active: top.disk,
     caches,
     snapshotDisk(s) {
@@ -250,9 +301,9 @@ function readHeader(file: ImageFile): Header {
  * that names it: `top.qcow2: backing file "base.qcow2" (/abs/base.qcow2): no such file`. The code is
  * kept (ENOENT, EACCES, EBADIMAGE).
  */
-function openNamedFile(namingPath: string, what: string, name: string, target: string, options: OpenOptions): ImageFile {
+function openNamedFile(namingPath: string, what: string, name: string, target: string, open: () => ImageFile): ImageFile {
   try {
-    return HostFile.open(target, { allowNonRegular: options.allowNonRegularFiles });
+    return open();
   } catch (err) {
     if (!(err instanceof QcowError)) throw err;
     const problem = err.message.startsWith(`${err.file}: `) ? err.message.slice(err.file.length + 2) : err.message;
@@ -302,6 +353,62 @@ function resolveNamedFile(namingPath: string, name: string, what: string): strin
     }
   }
   return path.resolve(path.dirname(namingPath), plain);
+}
+
+/** The top image's location when it is given by URL. */
+function remoteLocation(urlText: string): LayerLocation {
+  const url = parseRemoteUrl(urlText);
+  return { path: redactUrl(url), url, seen: [] };
+}
+
+/**
+ * Where a name that an image gives (backing or external data file) points: for a remote image, against
+ * its URL (a relative name on the same server; an http(s) URL as given; a local path refused); for a
+ * local image, against its folder (protocol names refused).
+ */
+function resolveLocation(naming: ImageFile, name: string, what: string): { path: string; url?: URL } {
+  if (naming instanceof RemoteFile) {
+    const url = resolveRemoteName(naming.secretUrl, name, what);
+    return { path: redactUrl(url), url };
+  }
+  return { path: resolveNamedFile(naming.path, name, what) };
+}
+
+/** What identifies a file of the chain, to refuse a cycle: its real path, or its URL without secrets. */
+function identity(at: { path: string; url?: URL }): string {
+  return at.url ? redactUrl(at.url) : realpath(at.path);
+}
+
+/** The chain's remote files share one block cache; the user's headers go to the top image's server only. */
+function remoteOptions(url: URL, ctx: ChainContext): RemoteOptions {
+  const r = ctx.options.remote ?? {};
+  ctx.remoteCache ??= new BlockCache(r.cacheSize ?? DEFAULT_REMOTE_CACHE_SIZE, DEFAULT_REMOTE_BLOCK_SIZE);
+  ctx.topUrl ??= url;
+  return { headers: sameOrigin(url, ctx.topUrl) ? r.headers : [], ca: r.ca, timeoutMs: r.timeoutMs, retries: r.retries, cache: ctx.remoteCache };
+}
+
+function remoteSource(top: RemoteFile, ctx: ChainContext): RemoteSource {
+  return {
+    url: top.path,
+    size: top.size,
+    etag: top.etag,
+    lastModified: top.lastModified,
+    stats() {
+      const all = ctx.opened.filter((f): f is RemoteFile => f instanceof RemoteFile).map((f) => f.remoteStats());
+      const sum = (k: keyof RemoteStats) => all.reduce((n, s) => n + s[k], 0);
+      return {
+        hits: sum('hits'),
+        misses: sum('misses'),
+        readAhead: sum('readAhead'),
+        requests: sum('requests'),
+        bytesFetched: sum('bytesFetched'),
+        retries: sum('retries'),
+        failures: sum('failures'),
+        cacheBytes: top.cache.bytes,
+        cacheLimit: top.cache.maxBlocks * top.cache.blockSize,
+      };
+    },
+  };
 }
 
 function realpath(p: string): string {

@@ -11,3 +11,8 @@ export type { QcowErrorCode } from './errors.js';
 export { SharedCaches, DEFAULT_L2_CACHE_BYTES, DEFAULT_CLUSTER_CACHE_BYTES } from './caches.js';
 export type { CacheOptions } from './caches.js';
 export type { ImageFile } from './io/image-file.js';
+export type { RemoteOpenOptions, RemoteSource } from './image.js';
+export { RemoteFile, DEFAULT_REMOTE_CACHE_SIZE } from './io/remote-file.js';
+export type { RemoteOptions, RemoteStats } from './io/remote-file.js';
+export { BlockCache } from './io/block-cache.js';
+export { isRemoteName, redactUrl, parseHeader } from './io/remote-url.js';

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { QcowError, hex } from '../errors.js';
 import { BlockCache, type CachedBlock } from './block-cache.js';
+import { type ImageFile, newFileId } from './image-file.js';
 import {
   CONTROL_BYTES,
   type ConnectionSettings,
@@ -60,8 +61,6 @@ export interface RemoteStats {
 /** Largest Range request: several of these run in parallel ahead of a sequential reader. */
 const MAX_REQUEST_BYTES = 4 * 1024 * 1024;
 
-let nextRemoteId = 1_000_000;
-
 /**
  * A file read over HTTP(S) with Range requests, behind the same synchronous interface as a local
  * HostFile: `readAt` blocks (Atomics.wait) until the bytes are in shared memory that the network
@@ -70,7 +69,7 @@ let nextRemoteId = 1_000_000;
  *
  * `path` is the URL without credentials or query string: it is what messages and info.json show.
  */
-export class RemoteFile {
+export class RemoteFile implements ImageFile {
   readonly path: string;
   readonly size: number;
   readonly mtime: Date;
@@ -94,7 +93,7 @@ export class RemoteFile {
   private closed = false;
 
   private constructor(
-    /** Integer naming this file in cache keys and to the worker (distinct from local files' ids). */
+    /** Integer naming this file in shared cache keys and to the worker. */
     readonly id: number,
     /** The URL as given, with its credentials and query string: never shown. */
     private readonly url: URL,
@@ -132,7 +131,7 @@ export class RemoteFile {
     const client = RemoteClient.get(shown);
     const control = new SharedArrayBuffer(CONTROL_BYTES);
     const statsBuffer = new SharedArrayBuffer(STAT_COUNT * 8);
-    const file = nextRemoteId++;
+    const file = newFileId();
     client.post({ op: 'open', file, url: url.href, settings, control, stats: statsBuffer });
     const state = waitFor(control, waitLimit(settings));
     const text = controlMessage(control);
