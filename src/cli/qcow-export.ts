@@ -12,11 +12,12 @@ import { configureProgram, parseArguments, runMain } from './common.js';
 import { ExportError, exportToPath } from '../export/export-to-path.js';
 import { selectView } from '../export/select-view.js';
 import { QcowError } from '../errors.js';
+import { type RemoteCliOptions, addRemoteOptions, remoteOpenOptions } from './remote-options.js';
 
 const PROG = 'qcow-export';
 const HASHES = ['sha256', 'sha1', 'md5', 'sha512'] as const;
 
-interface Options {
+interface Options extends RemoteCliOptions {
   snapshot?: string;
   vmstate?: boolean;
   force?: boolean;
@@ -30,8 +31,8 @@ function buildProgram(): Command {
     PROG,
     'Write one view of a qcow2 image as a raw file: the active disk (default), an internal snapshot\'s disk, or a snapshot\'s saved VM state. The file is sparse: zero and unallocated runs (and all-zero 4 KiB blocks) become holes. The bytes equal `qemu-img convert -O raw` (for a snapshot: after `qemu-img snapshot -a`).',
   );
-  return program
-    .argument('<image>', 'the qcow2 image (opened read-only; its backing chain is followed)')
+  return addRemoteOptions(program)
+    .argument('<image>', 'the qcow2 image, a path or an http(s) URL (opened read-only; its backing chain is followed)')
     .argument('<output>', 'the raw file to write, or - for standard output (then zeros are written, not holes)')
     .option('-s, --snapshot <name>', 'export this internal snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
     .option('--vmstate', "with --snapshot: export the snapshot's saved VM state (QEMU's migration stream) instead of its disk")
@@ -46,6 +47,7 @@ Examples:
   $ qcow-export disk.qcow2 before.raw --snapshot before-upgrade --hash sha256
   $ qcow-export disk.qcow2 vm.state --snapshot 1 --vmstate
   $ qcow-export disk.qcow2 - | gzip > disk.raw.gz
+  $ qcow-export 'https://bucket.s3.amazonaws.com/vm/disk.qcow2?X-Amz-Signature=...' disk.raw
 
 Exit codes:
   0 success; 1 usage error; 2 the image cannot be read (missing, not qcow2, corrupt, unsupported,
@@ -66,7 +68,7 @@ async function main(argv: string[]): Promise<number> {
   // tty.isatty, not process.stdout.isTTY: creating process.stdout would make a piped fd 1 non-blocking.
   if (output === '-' && isatty(1)) throw new CliError('standard output is a terminal; redirect it to a file or a pipe (or give an OUTPUT file)', EXIT.USAGE);
 
-  const image = await openImage(imagePath);
+  const image = await openImage(imagePath, { remote: remoteOpenOptions(opts) });
   try {
     const view = selectView(image, opts);
     const hash = opts.hash ? createHash(opts.hash) : undefined;
@@ -84,7 +86,8 @@ async function main(argv: string[]): Promise<number> {
         hash,
         signal: abort.signal,
         onProgress: progress?.update,
-        parallel: {
+        // Over HTTP one reader in order is best: the remote file fetches ahead of it, several requests at once.
+        parallel: image.remote ? undefined : {
           // One pass in order: a worker never reads a cluster twice, so its inflated-cluster cache stays small.
           spec: { imagePath: image.path, snapshotIndex: view.snapshot?.index, vmstate: opts.vmstate === true, openOptions: { clusterCacheBytes: 2 * 1024 * 1024 } },
           // For measurements and tests: QCOW_EXPORT_WORKERS=0 reads on the main thread only; N > 0 uses

@@ -5,7 +5,8 @@
  */
 import fs from 'node:fs';
 import { Command } from 'commander';
-import { openImage, type QcowImage } from '../image.js';
+import { type QcowImage, type RemoteOpenOptions, openImage } from '../image.js';
+import { type RemoteCliOptions, addRemoteOptions, remoteOpenOptions } from './remote-options.js';
 import { QcowError } from '../errors.js';
 import { describeImage, describeSnapshots } from '../info/describe.js';
 import { formatExtents, formatInfoText, formatSnapshotDetail } from '../info/format-text.js';
@@ -15,19 +16,19 @@ import { configureProgram, parseArguments, printError, runMain } from './common.
 
 const PROG = 'qcow-info';
 
-interface Options {
+interface Options extends RemoteCliOptions {
   json?: boolean;
   snapshot?: string;
   extents?: boolean;
 }
 
 function buildProgram(): Command {
-  return configureProgram(
+  const program = configureProgram(
     new Command(),
     PROG,
     'Describe a qcow2 image: what `qemu-img info` and `qemu-img snapshot -l` show (version, sizes, cluster size, compression, refcount bits, lazy refcounts, extended L2, corrupt/dirty, backing and data files, snapshots), plus the backing chain, feature names and the file names a qcow-mount would show.',
   )
-    .argument('<image>', 'the qcow2 image (opened read-only)')
+    .argument('<image>', 'the qcow2 image, a path or an http(s) URL (opened read-only)')
     .option('--json', 'print the description as JSON (the same as a mount\'s info.json)')
     .option('-s, --snapshot <name>', 'describe one snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
     .option('--extents', "list the view's runs (data, compressed, zero, unallocated) with their host offsets, like `qemu-img map`; the active disk, or the snapshot given with --snapshot")
@@ -38,11 +39,13 @@ Examples:
   $ qcow-info disk.qcow2
   $ qcow-info disk.qcow2 --json | jq '.snapshots[].files'
   $ qcow-info disk.qcow2 --snapshot before-upgrade --extents
+  $ qcow-info --header 'Authorization: Bearer TOKEN' https://images.example/vm/disk.qcow2
 
 Exit codes:
   0 success; 1 usage error; 2 the image cannot be read (missing, not qcow2, corrupt, unsupported,
   unknown snapshot); 70 internal error.`,
     );
+  return addRemoteOptions(program);
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -52,7 +55,7 @@ async function main(argv: string[]): Promise<number> {
   const imagePath = program.args[0]!;
   const opts = program.opts<Options>();
 
-  const image = await openWithFallback(imagePath);
+  const image = await openWithFallback(imagePath, remoteOpenOptions(opts));
   try {
     const write = (text: string) => process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
     const snapshot = opts.snapshot === undefined ? undefined : findSnapshot(image, opts.snapshot);
@@ -108,14 +111,14 @@ async function main(argv: string[]): Promise<number> {
  * Opens the image; where only its backing chain cannot be opened (a missing or refused backing file),
  * describes the image alone, as `qemu-img info` does, with a warning.
  */
-async function openWithFallback(imagePath: string): Promise<QcowImage> {
+async function openWithFallback(imagePath: string, remote: RemoteOpenOptions): Promise<QcowImage> {
   try {
-    return await openImage(imagePath);
+    return await openImage(imagePath, { remote });
   } catch (err) {
     if (!(err instanceof QcowError)) throw err;
     let alone: QcowImage;
     try {
-      alone = await openImage(imagePath, { noBacking: true });
+      alone = await openImage(imagePath, { noBacking: true, remote });
     } catch {
       throw err;
     }

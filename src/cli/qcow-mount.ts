@@ -8,13 +8,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
-import { openImageSync } from '../image.js';
+import { type RemoteOpenOptions, openImageSync } from '../image.js';
+import { isRemoteName, redactUrl } from '../io/remote-url.js';
 import { CliError, EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
 import { parseSize } from '../units.js';
 import { configureProgram, printError } from './common.js';
 import type { DaemonConfig } from '../mount/daemon.js';
 import type { MountOptions } from '../mount/options.js';
 import { parseMountOptions } from './mount-options.js';
+import { addRemoteOptions, remoteOpenOptions } from './remote-options.js';
 import { mountProblem } from '../mount/preflight.js';
 import { FUSE_SUBTYPE, defaultLogPath, ensureStateDir, findMount, pidFilePath, resolveMountPoint, unmountSync } from '../mount/system.js';
 import { unmountMountPoint } from '../mount/unmount.js';
@@ -33,6 +35,10 @@ interface CliOptions {
   unmount?: boolean;
   lazy?: boolean;
   daemonChild?: boolean;
+  /** Internal: the image URL and headers come over the IPC channel, not argv (they may hold secrets). */
+  remoteFromParent?: boolean;
+  header?: string[];
+  caFile?: string;
 }
 
 const HELP_AFTER = `
@@ -50,6 +56,11 @@ Mount options (-o, comma-separated; several -o add up):
   ro                         accepted; the mount is always read-only
   l2_cache_size=SIZE         L2 table cache (default 32M); K, M, G suffixes
   cluster_cache_size=SIZE    decompressed cluster cache (default 32M)
+  remote_cache_size=SIZE     for an http(s) URL: cache of fetched blocks (default 256M)
+
+An image given by http(s) URL is read with Range requests (presigned S3/GCS/Azure URLs work as
+given); its backing files resolve against the URL. --header and the URL's credentials and query
+string are never logged, shown in info.json, or put on the daemon's command line.
 
 The daemon's log (background mode) defaults to STATE/<key>.log and its pid file is STATE/<key>.pid,
 where STATE is $QCOW_MOUNT_STATE_DIR, else $XDG_RUNTIME_DIR/qcow-mount, else /tmp/qcow-mount-<uid>,
@@ -59,6 +70,7 @@ Exit codes: 0 ok, 1 usage, 2 image cannot be used, 3 mount failed, 4 unmount fai
 
 Examples:
   qcow-mount disk.qcow2 /mnt/x && ls -l /mnt/x /mnt/x/snapshots
+  qcow-mount --header 'Authorization: Bearer TOKEN' https://images.example/vm/disk.qcow2 /mnt/x
   mount -o loop,ro /mnt/x/snapshots/before-upgrade.raw /mnt/guest
   qcow-mount -u /mnt/x
 `;
@@ -81,8 +93,10 @@ function buildProgram(): Command {
     .option('-u, --unmount', 'unmount MOUNTPOINT and wait for its daemon to exit')
     .option('-z, --lazy', 'with -u: detach a busy mount now; the daemon exits when its last open file closes')
     .addOption(new Option('--daemon-child', 'internal: run as the background daemon').hideHelp())
+    .addOption(new Option('--remote-from-parent', 'internal: the image URL and headers come over the IPC channel').hideHelp())
     .addHelpText('after', HELP_AFTER)
     .allowExcessArguments(false);
+  addRemoteOptions(program);
   return program;
 }
 
@@ -101,17 +115,36 @@ function serialiseOptions(o: MountOptions): string {
   if (o.gid !== undefined) parts.push(`gid=${o.gid}`);
   if (o.l2CacheBytes !== undefined) parts.push(`l2_cache_size=${o.l2CacheBytes}`);
   if (o.clusterCacheBytes !== undefined) parts.push(`cluster_cache_size=${o.clusterCacheBytes}`);
+  if (o.remoteCacheBytes !== undefined) parts.push(`remote_cache_size=${o.remoteCacheBytes}`);
   return parts.join(',');
 }
 
 /** Refuses a bad image before anything is spawned or mounted (exit 2). */
-function checkImage(image: string, options: MountOptions): void {
-  const opened = openImageSync(image, { l2CacheBytes: options.l2CacheBytes, clusterCacheBytes: options.clusterCacheBytes });
+function checkImage(image: string, options: MountOptions, remote: RemoteOpenOptions): void {
+  const opened = openImageSync(image, { l2CacheBytes: options.l2CacheBytes, clusterCacheBytes: options.clusterCacheBytes, remote });
   opened.close();
 }
 
-function daemonConfig(image: string, mountPoint: string, options: MountOptions, opts: CliOptions, logPath: string | null): DaemonConfig {
-  return { image: path.resolve(image), mountPoint: resolveMountPoint(mountPoint), options, debug: !!opts.debug, logPath };
+function daemonConfig(image: string, mountPoint: string, options: MountOptions, opts: CliOptions, logPath: string | null, remote?: RemoteOpenOptions): DaemonConfig {
+  return { image: isRemoteName(image) ? image : path.resolve(image), mountPoint: resolveMountPoint(mountPoint), options, debug: !!opts.debug, logPath, remote };
+}
+
+/** What the parent sends a background child whose image is a URL: the URL as given and the headers. */
+interface RemoteSecrets {
+  type: 'remote';
+  image: string;
+  remote: RemoteOpenOptions;
+}
+
+/** The child's half: waits for the parent's RemoteSecrets (they never travel in argv). */
+function receiveSecrets(): Promise<RemoteSecrets> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new CliError('the image URL did not arrive from the parent process', EXIT.MOUNT)), 30_000);
+    process.once('message', (m: RemoteSecrets) => {
+      clearTimeout(timer);
+      resolve(m);
+    });
+  });
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -131,14 +164,21 @@ async function main(argv: string[]): Promise<number> {
   const [image, mountPointArg] = args as [string, string];
   const options = mountOptionsFrom(opts);
 
-  if (opts.daemonChild) return runChild(daemonConfig(image, mountPointArg, options, opts, opts.log ?? null));
+  if (opts.daemonChild) {
+    if (opts.remoteFromParent) {
+      const secrets = await receiveSecrets();
+      return runChild(daemonConfig(secrets.image, mountPointArg, options, opts, opts.log ?? null, secrets.remote));
+    }
+    return runChild(daemonConfig(image, mountPointArg, options, opts, opts.log ?? null));
+  }
 
-  checkImage(image, options);
+  const remote = remoteOpenOptions(opts, options.remoteCacheBytes);
+  checkImage(image, options, remote);
   const problem = mountProblem(mountPointArg, options);
   if (problem) throw new CliError(problem, EXIT.MOUNT);
 
-  if (opts.foreground) return runForeground(daemonConfig(image, mountPointArg, options, opts, null));
-  return runBackground(image, mountPointArg, options, opts);
+  if (opts.foreground) return runForeground(daemonConfig(image, mountPointArg, options, opts, null, remote));
+  return runBackground(image, mountPointArg, options, opts, remote);
 }
 
 /** The daemon (and with it fuse-native's native addon) is loaded only where a mount is served. */
@@ -154,7 +194,7 @@ async function runForeground(config: DaemonConfig): Promise<number> {
     void runDaemon(
       config,
       {
-        ready: () => logger.log(`mounted ${config.image} at ${config.mountPoint}; Ctrl-C (or qcow-mount -u) unmounts`),
+        ready: () => logger.log(`mounted ${isRemoteName(config.image) ? redactUrl(config.image) : config.image} at ${config.mountPoint}; Ctrl-C (or qcow-mount -u) unmounts`),
         failed: (message, code) => {
           printError(PROG, message);
           resolve(code);
@@ -189,7 +229,7 @@ async function runChild(config: DaemonConfig): Promise<number> {
 type ChildMessage = { type: 'ready'; pid: number } | { type: 'failed'; message: string; code: ExitCode };
 
 /** Starts the detached daemon and waits until its mount answers (or it failed). */
-async function runBackground(image: string, mountPointArg: string, options: MountOptions, opts: CliOptions): Promise<number> {
+async function runBackground(image: string, mountPointArg: string, options: MountOptions, opts: CliOptions, remote: RemoteOpenOptions): Promise<number> {
   const mountPoint = resolveMountPoint(mountPointArg);
   let logPath: string;
   if (opts.log) logPath = path.resolve(opts.log);
@@ -206,7 +246,11 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
   if (opts.debug) childArgs.push('--debug');
   const o = serialiseOptions(options);
   if (o) childArgs.push('-o', o);
-  childArgs.push('--', path.resolve(image), mountPoint);
+  // A URL may hold credentials (its query string, userinfo) and the headers tokens: they go over the
+  // IPC channel; argv (visible in ps) gets the URL without them.
+  const isUrl = isRemoteName(image);
+  if (isUrl) childArgs.push('--remote-from-parent');
+  childArgs.push('--', isUrl ? redactUrl(image) : path.resolve(image), mountPoint);
 
   let child: ChildProcess;
   try {
@@ -214,6 +258,7 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
   } finally {
     fs.closeSync(logFd);
   }
+  if (isUrl) child.send({ type: 'remote', image, remote } satisfies RemoteSecrets);
 
   type Outcome = ChildMessage | { type: 'exit'; code: number | null; signal: string | null } | { type: 'timeout' } | { type: 'interrupted'; signal: string };
   const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;

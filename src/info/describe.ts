@@ -1,4 +1,4 @@
-import type { BackingLink, QcowImage } from '../image.js';
+import type { BackingLink, QcowImage, RemoteSource } from '../image.js';
 import type { Snapshot } from '../snapshot.js';
 import type { FeatureName } from '../format/header.js';
 import { EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE, EXT_FEATURE_TABLE } from '../format/header.js';
@@ -62,6 +62,23 @@ export interface ImageInfo {
   snapshots: SnapshotInfo[];
   /** The file names the mount shows (relative to the mount point). */
   files: { active: string; info: string; snapshots: string };
+  /** Only for an image read over HTTP(S). */
+  remote?: RemoteInfo;
+}
+
+/** An image read over HTTP(S): where from (no credentials, no query string), what the server said, the fetching so far. */
+export interface RemoteInfo {
+  url: string;
+  /** The object's size and validators as the server gave them at open (a change later fails reads). */
+  size: number;
+  etag: string | null;
+  lastModified: string | null;
+  /** Counters when this description was made (for a mount: when it was mounted), over the whole chain. */
+  cache: { limit: number; bytes: number; hits: number; misses: number; readAhead: number };
+  requests: number;
+  bytesFetched: number;
+  retries: number;
+  failures: number;
 }
 
 export interface SnapshotInfo {
@@ -131,7 +148,7 @@ export function describeSnapshots(snapshots: readonly Snapshot[]): SnapshotInfo[
 /** Describes an opened image as plain JSON-serialisable data (no bigint, no Date, no class instances). */
 export function describeImage(image: QcowImage): ImageInfo {
   const h = image.header;
-  return {
+  const info: ImageInfo = {
     image: image.path,
     fileSize: image.fileSize,
     fileMtime: image.mtime.toISOString(),
@@ -192,5 +209,22 @@ export function describeImage(image: QcowImage): ImageInfo {
     dataFile: image.dataFilePath ? { name: h.dataFile ?? null, path: image.dataFilePath, raw: h.dataFileRaw } : null,
     snapshots: describeSnapshots(image.snapshots),
     files: { active: 'active.raw', info: 'info.json', snapshots: 'snapshots/' },
+  };
+  if (image.remote) info.remote = describeRemote(image.remote);
+  return info;
+}
+
+function describeRemote(remote: RemoteSource): RemoteInfo {
+  const s = remote.stats();
+  return {
+    url: remote.url,
+    size: remote.size,
+    etag: remote.etag ?? null,
+    lastModified: remote.lastModified ?? null,
+    cache: { limit: s.cacheLimit, bytes: s.cacheBytes, hits: s.hits, misses: s.misses, readAhead: s.readAhead },
+    requests: s.requests,
+    bytesFetched: s.bytesFetched,
+    retries: s.retries,
+    failures: s.failures,
   };
 }

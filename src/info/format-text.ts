@@ -84,6 +84,11 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
   out.push(`virtual size: ${formatSizeExact(info.virtualSize)}`);
   if (extras.allocatedBytes !== undefined) out.push(`disk size: ${formatSize(extras.allocatedBytes)}`);
   out.push(`file size: ${formatSizeExact(info.fileSize)}`);
+  if (info.remote) {
+    const r = info.remote;
+    const validators = [r.etag !== null ? `ETag ${r.etag}` : '', r.lastModified !== null ? `Last-Modified ${r.lastModified}` : ''].filter(Boolean).join(', ');
+    out.push(`remote: read over HTTP with Range requests${validators ? ` (${oneLine(validators)})` : ''}; ${r.requests} requests, ${formatSizeExact(r.bytesFetched)} fetched`);
+  }
   out.push(`cluster_size: ${info.clusterSize}`);
   if (info.backingFile !== null) {
     const first = info.backingChain[0];

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { openImageSync } from '../image.js';
-import type { QcowImage } from '../image.js';
+import type { QcowImage, RemoteOpenOptions } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
 import { mountFuse } from './fuse-adapter.js';
 import { type Logger, createFuseOps } from './fuse-ops.js';
@@ -31,6 +31,8 @@ export interface DaemonConfig {
   debug: boolean;
   /** Where the log goes, for the pid file (null: stderr of a foreground run). */
   logPath: string | null;
+  /** For an image given by URL: headers and extra CA (never logged). */
+  remote?: RemoteOpenOptions;
 }
 
 export interface DaemonHooks {
@@ -96,6 +98,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
       l2CacheBytes: config.options.l2CacheBytes,
       clusterCacheBytes: config.options.clusterCacheBytes,
       inflateThreads: inflateThreads(),
+      remote: { ...config.remote, cacheSize: config.options.remoteCacheBytes },
     });
   } catch (err) {
     hooks.failed(errorMessage(err), exitCodeFor(err, EXIT.IMAGE));
@@ -116,7 +119,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
 
   let optionString: string;
   try {
-    ({ optionString } = await mountFuse(config.mountPoint, ops, { allowOther: config.options.allowOther, fsname: config.image }));
+    ({ optionString } = await mountFuse(config.mountPoint, ops, { allowOther: config.options.allowOther, fsname: image.path }));
   } catch (err) {
     // A mount that half-happened (kernel mounted, INIT never came) must not stay behind.
     const stale = findMount(config.mountPoint);
@@ -149,6 +152,10 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   let detachedLogged = false;
   const finish = (code: number, why: string): never => {
     logger.log(`${why}; exiting (${ops.failedReads()} failed reads)`);
+    if (image.remote) {
+      const r = image.remote.stats();
+      logger.log(`remote ${image.remote.url}: ${r.requests} requests, ${r.bytesFetched} bytes fetched, ${r.retries} retries, ${r.failures} failures; cache ${r.hits} hits, ${r.misses} misses, ${r.readAhead} blocks read ahead, ${r.cacheBytes} of ${r.cacheLimit} bytes`);
+    }
     if (pidFile) removeOwnPidFile(pidFile);
     try {
       image.close();

@@ -9,4 +9,6 @@ export interface MountOptions {
   l2CacheBytes?: number;
   /** Bytes of decompressed clusters kept in memory. */
   clusterCacheBytes?: number;
+  /** Bytes of fetched blocks kept in memory, for an image read over HTTP(S). */
+  remoteCacheBytes?: number;
 }
