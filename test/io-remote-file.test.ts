@@ -73,7 +73,7 @@ describe.runIf(haveNginx)('remote file over nginx', () => {
       const requests = ng.accessLog().slice(before);
       expect(requests.length).toBe(stats.requests);
       expect(requests.length).toBeLessThan(16);
-      expect(requests.every((r) => /^GET \/blob\.bin bytes=\d+-\d+$/.test(r))).toBe(true);
+      expect(requests.every((r) => /^GET \/blob\.bin bytes=\d+-\d+ auth=-$/.test(r))).toBe(true);
     } finally {
       f.close();
     }

@@ -12,7 +12,7 @@ export interface Nginx {
   /** With `tls`: the self-signed certificate (PEM) the server presents. */
   certPem?: string;
   certFile?: string;
-  /** Requests seen so far (from the access log): method, path and Range header. */
+  /** Requests seen so far (from the access log): `METHOD PATH RANGE auth=AUTHORIZATION` (`-` where absent). */
   accessLog(): string[];
   stop(): Promise<void>;
 }
@@ -60,8 +60,8 @@ pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
 events { worker_connections 256; }
 http {
+  log_format rq '$request_method $uri $http_range auth=$http_authorization';
   access_log ${dir}/access.log rq;
-  log_format rq '$request_method $uri $http_range';
   client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fcgi;
   uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
   sendfile on; keepalive_requests 100000; keepalive_timeout 60s;
@@ -75,9 +75,7 @@ http {
   }
 }
 `;
-  // access_log must follow log_format in nginx's config order.
-  const ordered = conf.replace(/(\s+access_log [^\n]+\n)(\s+log_format [^\n]+\n)/, '$2$1');
-  fs.writeFileSync(path.join(dir, 'nginx.conf'), ordered);
+  fs.writeFileSync(path.join(dir, 'nginx.conf'), conf);
   const child: ChildProcess = spawn('nginx', ['-p', dir, '-c', path.join(dir, 'nginx.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
