@@ -15,6 +15,7 @@ import path from 'node:path';
 import { type ImageSet, DEFAULT_SIZES, IMAGES, type Sizes, buildImages, filesToWarm } from './bench/images.js';
 import { type MountRequest, type Mounted, MOUNTS, PEERS, type PeerName, STATE, mountPeer } from './bench/peers.js';
 import { type BenchResults, type ScenarioResult, renderMarkdown, renderConsole } from './bench/report.js';
+import { benchRemote, renderRemote } from './bench/remote.js';
 import { ALL_SEQ_BYTES, DEFAULT_SEQ_BYTES, type RunOptions, WORKLOADS, type Workload } from './bench/workloads.js';
 import {
   GiB,
@@ -54,7 +55,7 @@ interface Args {
   workloads?: Set<string>;
 }
 
-const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory', 'diagnostics'] as const;
+const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory', 'diagnostics', 'remote'] as const;
 
 function parseArgs(argv: string[]): Args {
   const a: Args = { quick: false, rounds: 3, skip: new Set(), out: '', seconds: 3, seqBytes: DEFAULT_SEQ_BYTES, waitQuietMinutes: 0 };
@@ -579,11 +580,21 @@ async function main(): Promise<void> {
     log('where the time goes: context switches per request (perf stat)');
     await runDiagnostics(full, opt, results);
   }
+  // Images read over HTTP (scripts/bench/remote.ts): against QEMU's curl driver, without and with latency.
+  let remoteMd = '';
+  if (wanted(args, 'remote')) {
+    log('remote images: qcow-mount/qcow-export URL against QEMU\'s curl driver');
+    const remoteOpt = { rounds: args.rounds, seconds: args.seconds, latencies: [0, 20], netem: false, cacheSize: '256M' };
+    const rows = await benchRemote(remoteOpt);
+    (results as BenchResults & { remote?: unknown }).remote = rows;
+    remoteMd = `\n${renderRemote(rows, remoteOpt)}`;
+    results.load.push({ when: 'after remote', avg: loadAverage() });
+  }
   results.durationSeconds = Math.round((Date.now() - started) / 1000);
 
   fs.mkdirSync(path.dirname(args.out), { recursive: true });
   fs.writeFileSync(`${args.out}.json`, `${JSON.stringify(results, null, 2)}\n`);
-  fs.writeFileSync(`${args.out}.md`, renderMarkdown(results));
+  fs.writeFileSync(`${args.out}.md`, renderMarkdown(results) + remoteMd);
   process.stdout.write(renderConsole(results));
   log(`wrote ${path.relative(process.cwd(), args.out)}.md and .json in ${results.durationSeconds} s; images stay in ${path.relative(process.cwd(), IMAGES)}`);
 }

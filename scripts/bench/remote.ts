@@ -131,6 +131,8 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
       if (latency > 0 && opt.netem) undo = await addNetem(latency);
       else if (latency > 0) {
         proxy = await startLatencyProxy(nginx.port, latency);
+        const p = proxy;
+        atCleanUp(() => p.stop());
         base = `http://127.0.0.1:${proxy.port}`;
       }
       try {
@@ -160,7 +162,7 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
               await m.stop();
             }
           }
-          // Export of the whole image (smaller share under latency: the first 64 MiB is not selectable, so whole).
+          // Export of the whole image.
           for (const who of ['ours', 'qemu'] as const) {
             const out = path.join(MOUNTS, `remote-export-${who}.raw`);
             fs.rmSync(out, { force: true });
