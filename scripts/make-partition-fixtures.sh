@@ -12,6 +12,7 @@
 #   gpt512   sgdisk, named entries 1, 2, 3 and 5 (entry 4 empty)
 #   gpt4k    sfdisk on a 4096-byte-sector loop device
 #   repart   MBR, snapshot "before-repartition", then the active disk rewritten as a GPT plus a write
+#   diff, diff-el2   known writes between snapshots s1, s2 and the active disk (for qcow-diff)
 set -euo pipefail
 
 die() { echo "make-partition-fixtures: $*" >&2; exit 1; }
@@ -166,9 +167,37 @@ qemu-io -f qcow2 -c "write -q -s .work/repart-head.img 0 1M" \
 oracle repart repart/repart.qcow2 active "" 512
 oracle repart repart/repart.qcow2 snapshot before-repartition 512
 
+# --- diff, diff-el2: known writes between snapshots (forensic-formats.md §5.1) for qcow-diff -------
+# s1 -> s2: new data at 1M, write -z 2M+128k, discard 3M, identical rewrite at 4M, 4 KiB at 7M,
+# compressed at 13M; s2 -> active: 6M, and 4 KiB over the compressed cluster at 12M.
+for variant in diff diff-el2; do
+  mkdir -p "$variant"
+  img="$variant/$variant.qcow2"
+  opts=cluster_size=65536
+  [[ $variant == diff-el2 ]] && opts+=,extended_l2=on
+  qemu-img create -q -f qcow2 -o "$opts" "$img" 16M
+  qemu-io -f qcow2 -c 'write -q -P 1 0 8M' -c 'write -q -c -P 9 12M 64k' "$img" >/dev/null
+  qemu-img snapshot -c s1 "$img"
+  qemu-io -f qcow2 -c 'write -q -P 2 1M 64k' -c 'write -q -z 2M 128k' -c 'discard -q 3M 64k' -c 'write -q -P 1 4M 64k' \
+    -c 'write -q -P 5 7M 4k' -c 'write -q -c -P 3 13M 64k' "$img" >/dev/null
+  qemu-img snapshot -c s2 "$img"
+  qemu-io -f qcow2 -c 'write -q -P 4 6M 64k' -c 'write -q -P 7 12M 4k' "$img" >/dev/null
+  for view in s1 s2 active; do
+    if [[ $view == active ]]; then
+      qemu-img convert -O raw "$img" "$variant/active.raw"
+    else
+      cp "$img" .work/revert.qcow2
+      qemu-img snapshot -a "$view" .work/revert.qcow2
+      qemu-img convert -O raw .work/revert.qcow2 "$variant/snap-$view.raw"
+    fi
+  done
+done
+
 rm -rf .work
 printf '%s\n' "${VIEWS[@]}" | jq -s --arg hello "$HELLO_SHA" --arg random "$RANDOM_SHA" \
-  '{views: ., ext4: {name: "mbr", partition: 5, files: {"hello.txt": $hello, "random.bin": $random}}}' >manifest.json
+  '{views: ., ext4: {name: "mbr", partition: 5, files: {"hello.txt": $hello, "random.bin": $random}},
+    diff: [{name: "diff", image: "diff/diff.qcow2"}, {name: "diff-el2", image: "diff-el2/diff-el2.qcow2"}]
+      | map(. + {views: {s1: "\(.name)/snap-s1.raw", s2: "\(.name)/snap-s2.raw", active: "\(.name)/active.raw"}})}' >manifest.json
 echo "$STAMP" >.stamp
 cd /
 if [[ -e $OUTDIR ]]; then

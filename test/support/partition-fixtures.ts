@@ -21,6 +21,8 @@ export interface PartitionFixtureView {
 export interface PartitionFixtureManifest {
   views: PartitionFixtureView[];
   ext4: { name: string; partition: number; files: Record<string, string> };
+  /** Images with known writes between snapshots s1, s2 and the active disk, and QEMU's raw output of each. */
+  diff: { name: string; image: string; views: Record<'s1' | 's2' | 'active', string> }[];
 }
 
 export interface SfdiskPartition {
