@@ -15,7 +15,8 @@ import { verifyRanges } from '../diff/verify.js';
 import { diffGranule, diffViews } from '../diff/view-diff.js';
 import { totalBytes } from '../diff/ranges.js';
 import { findSnapshot } from '../export/select-view.js';
-import { CliError, EXIT, configureProgram, parseArguments, runMain } from './common.js';
+import { CliError, EXIT } from '../exit.js';
+import { configureProgram, parseArguments, runMain } from './common.js';
 
 const PROG = 'qcow-diff';
 

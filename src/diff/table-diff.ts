@@ -1,30 +1,18 @@
+import { QcowError } from '../errors.js';
+import { Run, RunKind } from '../translate/qcow2-map.js';
 import { RangeList, type ByteRange } from './ranges.js';
 
-/**
- * What the metadata diff needs of one qcow2 file: its geometry and its L2 tables (read through the
- * shared cache). Both views of a diff are views of the same file, so they share it.
- */
-export interface L2TableSource {
-  clusterSize: number;
+/** What the metadata diff needs of one qcow2 file's map (Qcow2Map has this shape). */
+export interface RunMapper {
+  readonly clusterSize: number;
   /** Guest bytes one L2 table maps. */
-  l2Span: number;
-  /** 8, or 16 for extended L2 entries (32 subclusters per cluster). */
-  entryBytes: 8 | 16;
-  /** Image version: the zero flag means something only from version 3. */
-  version: number;
-  hasDataFile: boolean;
-  /**
-   * Whether an unallocated cluster reads a backing file. Then "zero" and "unallocated" may differ; without
-   * one both read zeros.
-   */
-  hasBacking: boolean;
-  /** The L2 table at a host offset (throws a QcowError where it cannot be read). */
-  l2Table(offset: number, l1Index: number): DataView;
+  readonly l2Span: number;
+  mapRun(l1: Float64Array, origin: number, position: number, length: number, run: Run): void;
 }
 
 /** One side of a diff: a view's L1 table (L2 table offsets, 0 = none) and its disk size. */
 export interface DiffSide {
-  l1: ArrayLike<number>;
+  l1: Float64Array;
   size: number;
 }
 
@@ -32,139 +20,91 @@ export interface TableDiff {
   /** Guest ranges where the two views may differ, sorted and merged; a size change is a difference. */
   changed: ByteRange[];
   changedBytes: number;
-  /** L2 tables read (each at most once per side). */
+  /** L2 tables the diff needed (at most one per side per compared span). */
   l2TablesRead: number;
-  /** L1 entries (L2 spans) compared entry by entry. */
+  /** L1 entries (L2 spans) whose tables were compared; every other span was skipped whole. */
   spansCompared: number;
-  /** Spans whose L2 table could not be read: listed as changed, said here. */
+  /** Spans where an entry could not be mapped: listed as changed from there on, said here. */
   problems: string[];
 }
 
-const COMPRESSED_HI = 0x40000000;
-const COPIED_HI = 0x80000000;
-const OFFSET_HI = 0x00ffffff;
-const OFFSET_LO = 0xfffffe00;
-
-/** What one granule (cluster, or subcluster with extended L2) reads as, reduced to what decides equality. */
-const enum Kind {
-  Unallocated = 0,
-  Zero = 1,
-  Data = 2,
-  Compressed = 3,
-  /** Something QEMU would refuse to read: never equal to anything but the identical entry. */
-  Invalid = 4,
-}
-
 /**
- * The metadata diff of two views of one qcow2 file (forensic-formats.md §5.1): an L1 entry naming the same
- * L2 table (or none in both) is skipped whole; otherwise the two L2 tables are compared entry by entry.
- * Same host cluster (or compressed descriptor), both zero, or both unallocated (so both fall through to
- * the same backing data) means equal; anything else is listed. No data cluster is read, so a rewrite
- * with identical bytes is listed too, but a difference is never missed: a write to a cluster shared with
- * a snapshot always moves it to a new host cluster (copy on write).
+ * The metadata diff of two views of one qcow2 file (forensic-formats.md §5.1). An L1 entry naming the
+ * same L2 table in both (or none in both) is skipped whole; otherwise both sides are mapped run by run
+ * over that span and compared: the same host bytes (data at the same host offset, the same compressed
+ * descriptor), zeros in both, or unallocated in both (so both fall through to the same backing data)
+ * are equal; anything else is listed. No data cluster is read, so a rewrite with identical bytes is
+ * listed too, but a difference is never missed: a write to a cluster shared with a snapshot always moves
+ * it to a new host cluster (copy on write).
+ *
+ * `hasBacking`: whether unallocated reads a backing file; without one, zero and unallocated both read
+ * zeros and are equal.
  */
-export function diffTables(source: L2TableSource, a: DiffSide, b: DiffSide): TableDiff {
-  const { clusterSize, l2Span, entryBytes } = source;
+export function diffTables(map: RunMapper, a: DiffSide, b: DiffSide, hasBacking: boolean): TableDiff {
+  const { l2Span } = map;
   const common = Math.min(a.size, b.size);
   const changed = new RangeList();
   const problems: string[] = [];
   let l2TablesRead = 0;
   let spansCompared = 0;
+  const ra = new Run();
+  const rb = new Run();
   const spans = Math.ceil(common / l2Span);
-  const granules = entryBytes === 16 ? 32 : 1;
-  const granule = clusterSize / granules;
-  const zeroEqualsUnallocated = !source.hasBacking;
-  const kindsA = new Uint8Array(granules);
-  const kindsB = new Uint8Array(granules);
-  const hostA = new Float64Array(granules);
-  const hostB = new Float64Array(granules);
 
   for (let i = 0; i < spans; i++) {
-    const offA = i < a.l1.length ? a.l1[i] : 0;
-    const offB = i < b.l1.length ? b.l1[i] : 0;
+    const offA = i < a.l1.length ? a.l1[i]! : 0;
+    const offB = i < b.l1.length ? b.l1[i]! : 0;
     if (offA === offB) continue;
     spansCompared++;
-    const spanStart = i * l2Span;
-    const spanEnd = Math.min(common, spanStart + l2Span);
-    let tableA: DataView | undefined;
-    let tableB: DataView | undefined;
+    l2TablesRead += (offA !== 0 ? 1 : 0) + (offB !== 0 ? 1 : 0);
+    const spanEnd = Math.min(common, (i + 1) * l2Span);
+    let pos = i * l2Span;
+    let aStart = pos;
+    let bStart = pos;
+    let aLeft = 0;
+    let bLeft = 0;
     try {
-      if (offA !== 0) {
-        tableA = source.l2Table(offA, i);
-        l2TablesRead++;
-      }
-      if (offB !== 0) {
-        tableB = source.l2Table(offB, i);
-        l2TablesRead++;
+      while (pos < spanEnd) {
+        if (aLeft === 0) {
+          map.mapRun(a.l1, 0, pos, spanEnd - pos, ra);
+          aStart = pos;
+          aLeft = ra.length;
+        }
+        if (bLeft === 0) {
+          map.mapRun(b.l1, 0, pos, spanEnd - pos, rb);
+          bStart = pos;
+          bLeft = rb.length;
+        }
+        const n = Math.min(aLeft, bLeft);
+        if (!sameBytes(ra, pos - aStart, rb, pos - bStart, hasBacking)) changed.add(pos, n);
+        pos += n;
+        aLeft -= n;
+        bLeft -= n;
       }
     } catch (err) {
-      problems.push(`L1 index ${i}: ${(err as Error).message}; its whole span is listed as changed`);
-      changed.add(spanStart, spanEnd - spanStart);
-      continue;
-    }
-    const clusters = Math.ceil((spanEnd - spanStart) / clusterSize);
-    for (let c = 0; c < clusters; c++) {
-      const at = c * entryBytes;
-      const hiA = tableA ? tableA.getUint32(at) : 0;
-      const loA = tableA ? tableA.getUint32(at + 4) : 0;
-      const hiB = tableB ? tableB.getUint32(at) : 0;
-      const loB = tableB ? tableB.getUint32(at + 4) : 0;
-      const ext = entryBytes === 16;
-      const zeroA = ext && tableA ? tableA.getUint32(at + 8) : 0;
-      const allocA = ext && tableA ? tableA.getUint32(at + 12) : 0;
-      const zeroB = ext && tableB ? tableB.getUint32(at + 8) : 0;
-      const allocB = ext && tableB ? tableB.getUint32(at + 12) : 0;
-      // The identical entry reads the identical bytes (the COPIED bit only says the refcount is 1, except
-      // with an external data file, where it tells data at offset 0 from unallocated).
-      const mask = source.hasDataFile ? 0xffffffff : ~COPIED_HI;
-      if (((hiA ^ hiB) & mask) === 0 && loA === loB && zeroA === zeroB && allocA === allocB) continue;
-      const clusterStart = spanStart + c * clusterSize;
-      classify(source, hiA, loA, allocA, zeroA, kindsA, hostA);
-      classify(source, hiB, loB, allocB, zeroB, kindsB, hostB);
-      for (let g = 0; g < granules; g++) {
-        const ka = kindsA[g];
-        const kb = kindsB[g];
-        let equal: boolean;
-        if (ka === Kind.Invalid || kb === Kind.Invalid) equal = false;
-        else if (ka === kb) equal = ka === Kind.Unallocated || ka === Kind.Zero || hostA[g] === hostB[g];
-        else equal = zeroEqualsUnallocated && ka <= Kind.Zero && kb <= Kind.Zero;
-        if (!equal) {
-          const start = clusterStart + g * granule;
-          changed.add(start, Math.min(granule, common - start));
-        }
-      }
+      if (!(err instanceof QcowError)) throw err;
+      problems.push(`${err.message}; guest bytes ${pos}–${spanEnd - 1} listed as changed`);
+      changed.add(pos, spanEnd - pos);
     }
   }
   if (a.size !== b.size) changed.add(common, Math.max(a.size, b.size) - common);
   return { changed: changed.items, changedBytes: changed.total, l2TablesRead, spansCompared, problems };
 }
 
-/**
- * Fills `kinds`/`hosts` for each granule of one L2 entry. Compressed clusters are keyed by their whole
- * descriptor (offset and length), data by host offset of the granule.
- */
-function classify(source: L2TableSource, hi: number, lo: number, allocMask: number, zeroMask: number, kinds: Uint8Array, hosts: Float64Array): void {
-  const n = kinds.length;
-  const offset = (hi & OFFSET_HI) * 0x1_0000_0000 + ((lo & OFFSET_LO) >>> 0);
-  const hasOffset = offset !== 0 || (source.hasDataFile && (hi & COPIED_HI) !== 0);
-  if (hi & COMPRESSED_HI) {
-    kinds.fill(Kind.Compressed);
-    hosts.fill((hi & 0x3fffffff) * 0x1_0000_0000 + (lo >>> 0));
-    return;
+/** Whether the runs read the same bytes at `intoA`/`intoB` bytes into them, from the metadata alone. */
+function sameBytes(a: Run, intoA: number, b: Run, intoB: number, hasBacking: boolean): boolean {
+  if (a.kind !== b.kind) {
+    const zeroOrHole = (k: RunKind) => k === RunKind.Zero || k === RunKind.Unallocated;
+    return !hasBacking && zeroOrHole(a.kind) && zeroOrHole(b.kind);
   }
-  if (n === 1) {
-    hosts[0] = offset;
-    if (lo & 1) kinds[0] = source.version >= 3 ? Kind.Zero : Kind.Invalid;
-    else kinds[0] = hasOffset ? Kind.Data : Kind.Unallocated;
-    return;
-  }
-  const sub = source.clusterSize / n;
-  for (let g = 0; g < n; g++) {
-    const bit = 1 << g;
-    hosts[g] = offset + g * sub;
-    if (allocMask & zeroMask & bit) kinds[g] = Kind.Invalid;
-    else if (allocMask & bit) kinds[g] = hasOffset ? Kind.Data : Kind.Invalid;
-    else if (zeroMask & bit) kinds[g] = Kind.Zero;
-    else kinds[g] = Kind.Unallocated;
+  switch (a.kind) {
+    case RunKind.Zero:
+    case RunKind.Unallocated:
+      return true;
+    case RunKind.Data:
+      return a.host + intoA === b.host + intoB;
+    case RunKind.Compressed:
+      // One cluster per run, at the same guest position: the same descriptor means the same bytes.
+      return a.host === b.host && a.hostLength === b.hostLength && a.inCluster + intoA === b.inCluster + intoB;
   }
 }

@@ -65,6 +65,11 @@ export class Qcow2Disk implements Disk {
     return readAsPromise(this, into, position);
   }
 
+  /** The L1 table this view maps through (the metadata diff compares two views' tables). */
+  l1Table(): Float64Array {
+    return this.l1();
+  }
+
   extents(start: number, length: number): Extent[] {
     const n = clampLength(this.size, length, start);
     const list = new ExtentList();

@@ -6,6 +6,7 @@ import { type Disk, type Extent, readAsPromise } from './disk.js';
  */
 export class SliceDisk implements Disk {
   readonly size: number;
+  readonly granularity?: number;
 
   constructor(
     readonly base: Disk,
@@ -16,6 +17,7 @@ export class SliceDisk implements Disk {
       throw new RangeError(`slice ${start}+${length} is not a byte range`);
     }
     this.size = Math.max(0, Math.min(length, base.size - start));
+    this.granularity = base.granularity;
   }
 
   private clamp(length: number, position: number): number {
