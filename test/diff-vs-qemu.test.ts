@@ -13,7 +13,7 @@ import { fixturePath, fixturesReady, loadManifest, type FixtureView } from './su
 import { loadPartitionManifest, partitionFixture, partitionFixturesReady } from './support/partition-fixtures.js';
 import { toolsAvailable } from './support/tools.js';
 
-const ready = toolsAvailable('qemu-img', 'qemu-io') && fixturesReady() && partitionFixturesReady();
+const ready = toolsAvailable('qemu-img', 'qemu-io', 'sfdisk', 'sgdisk', 'jq', 'losetup', 'mkfs.ext4') && fixturesReady() && partitionFixturesReady();
 const opened: QcowImage[] = [];
 afterAll(() => {
   for (const i of opened) i.close();

@@ -7,6 +7,7 @@ import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { type ByteSource, MAX_LOGICAL_PARTITIONS, readPartitionTable } from '../src/format/partition-table.js';
 import { loadPartitionManifest, partitionFixture, partitionFixturesReady } from './support/partition-fixtures.js';
+import { toolsAvailable } from './support/tools.js';
 
 function sourceOf(disk: Buffer, counter?: { reads: number; bytes: number }): ByteSource {
   return (position, length) => {
@@ -126,7 +127,7 @@ describe('MBR', () => {
   });
 });
 
-const ready = partitionFixturesReady();
+const ready = toolsAvailable('sfdisk', 'sgdisk', 'jq', 'losetup', 'mkfs.ext4') && partitionFixturesReady();
 const rawOf = (name: string) => fs.readFileSync(partitionFixture(loadPartitionManifest().views.find((v) => v.name === name && v.view === 'active')!.raw));
 
 function fixHeaderCrc(disk: Buffer, at: number): void {

@@ -52,6 +52,7 @@ const snap = (over: Partial<SnapshotInfo>): SnapshotInfo => ({
   l1TableOffset: 65536,
   extraDataSize: 24,
   files: { raw: 'snapshots/s.raw', vmstate: null },
+  partitions: null,
   ...over,
 });
 

@@ -16,7 +16,7 @@ import {
 } from './support/partition-fixtures.js';
 import { toolsAvailable } from './support/tools.js';
 
-const ready = toolsAvailable('qemu-img', 'sfdisk', 'sgdisk') && partitionFixturesReady();
+const ready = toolsAvailable('qemu-img', 'sfdisk', 'sgdisk', 'jq', 'losetup', 'mkfs.ext4') && partitionFixturesReady();
 const views = ready ? loadPartitionManifest().views : [];
 const EXTENDED = new Set([0x05, 0x0f, 0x85]);
 

@@ -5,7 +5,7 @@
  */
 import { createHash, getHashes } from 'node:crypto';
 import { isatty } from 'node:tty';
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { openImage } from '../image.js';
 import { CliError, EXIT } from '../exit.js';
 import { configureProgram, parseArguments, runMain } from './common.js';
@@ -20,6 +20,7 @@ const HASHES = ['sha256', 'sha1', 'md5', 'sha512'] as const;
 interface Options extends RemoteCliOptions {
   snapshot?: string;
   vmstate?: boolean;
+  partition?: number;
   force?: boolean;
   hash?: (typeof HASHES)[number];
   quiet?: boolean;
@@ -36,6 +37,7 @@ function buildProgram(): Command {
     .argument('<output>', 'the raw file to write, or - for standard output (then zeros are written, not holes)')
     .option('-s, --snapshot <name>', 'export this internal snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
     .option('--vmstate', "with --snapshot: export the snapshot's saved VM state (QEMU's migration stream) instead of its disk")
+    .option('-p, --partition <n>', "export one partition of the disk (its Linux number, as the mount's VIEW.pN shows it: MBR primaries 1-4, logicals from 5, GPT entry index + 1)", parsePartitionNumber)
     .option('-f, --force', 'replace OUTPUT if it exists (atomically: the old file stays until the new one is complete)')
     .addOption(new Option('--hash <algorithm>', "print the view's digest as `HEX  OUTPUT` (on standard error when OUTPUT is -)").choices(HASHES))
     .option('-q, --quiet', 'no progress bar (there is none anyway when standard error is not a terminal)')
@@ -46,6 +48,7 @@ Examples:
   $ qcow-export disk.qcow2 disk.raw
   $ qcow-export disk.qcow2 before.raw --snapshot before-upgrade --hash sha256
   $ qcow-export disk.qcow2 vm.state --snapshot 1 --vmstate
+  $ qcow-export disk.qcow2 root.img --partition 2
   $ qcow-export disk.qcow2 - | gzip > disk.raw.gz
   $ qcow-export 'https://bucket.s3.amazonaws.com/vm/disk.qcow2?X-Amz-Signature=...' disk.raw
 
@@ -89,7 +92,7 @@ async function main(argv: string[]): Promise<number> {
         // Over HTTP one reader in order is best: the remote file fetches ahead of it, several requests at once.
         parallel: image.remote ? undefined : {
           // One pass in order: a worker never reads a cluster twice, so its inflated-cluster cache stays small.
-          spec: { imagePath: image.path, snapshotIndex: view.snapshot?.index, vmstate: opts.vmstate === true, openOptions: { clusterCacheBytes: 2 * 1024 * 1024 } },
+          spec: { imagePath: image.path, snapshotIndex: view.snapshot?.index, vmstate: opts.vmstate === true, window: view.window, openOptions: { clusterCacheBytes: 2 * 1024 * 1024 } },
           // For measurements and tests: QCOW_EXPORT_WORKERS=0 reads on the main thread only; N > 0 uses
           // N workers whatever the view holds.
           ...workersFromEnv(process.env.QCOW_EXPORT_WORKERS),
@@ -118,6 +121,12 @@ async function main(argv: string[]): Promise<number> {
   } finally {
     image.close();
   }
+}
+
+function parsePartitionNumber(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('not a partition number (1, 2, ... as in VIEW.pN)');
+  return n;
 }
 
 function workersFromEnv(value: string | undefined): { workers?: number; minCompressedBytes?: number } {

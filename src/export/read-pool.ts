@@ -9,6 +9,8 @@ export interface ViewSpec {
   /** Position in the snapshot table; absent for the active disk. */
   snapshotIndex?: number;
   vmstate?: boolean;
+  /** A window of the view (a partition), cut at the view's end. */
+  window?: { start: number; length: number };
 }
 
 export interface ReadRequest {

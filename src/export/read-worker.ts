@@ -6,14 +6,16 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { openImageSync } from '../image.js';
 import { QcowError } from '../errors.js';
+import { SliceDisk } from '../disk/slice-disk.js';
 import type { ReadRequest, ReadReply, ViewSpec } from './read-pool.js';
 
 const spec = workerData as ViewSpec;
 const image = openImageSync(spec.imagePath, spec.openOptions);
 const snapshot = spec.snapshotIndex === undefined ? undefined : image.snapshots[spec.snapshotIndex];
 if (spec.snapshotIndex !== undefined && !snapshot) throw new Error(`snapshot index ${spec.snapshotIndex} is gone`);
-const disk = snapshot ? (spec.vmstate ? image.vmState(snapshot) : image.snapshotDisk(snapshot)) : image.active;
-if (!disk) throw new Error('the snapshot has no VM state');
+const view = snapshot ? (spec.vmstate ? image.vmState(snapshot) : image.snapshotDisk(snapshot)) : image.active;
+if (!view) throw new Error('the snapshot has no VM state');
+const disk = spec.window ? new SliceDisk(view, spec.window.start, spec.window.length) : view;
 
 parentPort!.on('message', (req: ReadRequest) => {
   let reply: ReadReply;

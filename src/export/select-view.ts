@@ -3,6 +3,7 @@ import { QcowError } from '../errors.js';
 import type { QcowImage } from '../image.js';
 import type { Snapshot } from '../snapshot.js';
 import { snapshotStems } from '../names/snapshot-names.js';
+import { openVolume } from '../volume/partitions.js';
 
 export interface SelectedView {
   disk: Disk;
@@ -11,6 +12,8 @@ export interface SelectedView {
   /** Words for messages: `the active disk`, `snapshot "NAME" (id 1)`, `the VM state of snapshot ...`. */
   label: string;
   snapshot?: Snapshot;
+  /** With --partition: where the partition lies in the view's disk (workers cut the same window). */
+  window?: { start: number; length: number };
 }
 
 /**
@@ -27,8 +30,31 @@ export function findSnapshot(image: QcowImage, idOrName: string): Snapshot | und
   return i >= 0 ? image.snapshots[i] : undefined;
 }
 
-/** The view `qcow-export` writes: the active disk, a snapshot's disk, or a snapshot's VM state. */
-export function selectView(image: QcowImage, options: { snapshot?: string; vmstate?: boolean }): SelectedView {
+/**
+ * The view `qcow-export` writes: the active disk, a snapshot's disk, or a snapshot's VM state; with
+ * `partition`, one partition (Linux number) of that disk.
+ */
+export function selectView(image: QcowImage, options: { snapshot?: string; vmstate?: boolean; partition?: number }): SelectedView {
+  const view = selectWholeView(image, options);
+  if (options.partition === undefined) return view;
+  if (options.vmstate) throw new QcowError('EINVAL', image.path, '--partition and --vmstate do not go together (a VM state has no partitions)');
+  const volume = openVolume(view.disk);
+  if (!volume) throw new QcowError('ENOENT', image.path, `${view.label} has no partition table (no MBR or GPT)`);
+  const p = volume.partitions.find((x) => x.number === options.partition);
+  if (!p) {
+    const known = volume.partitions.map((x) => x.number).join(', ');
+    throw new QcowError('ENOENT', image.path, `${view.label} has no partition ${options.partition} (${volume.table.scheme}: ${known === '' ? 'no partitions' : `partitions ${known}`})`);
+  }
+  return {
+    disk: p.disk,
+    fileName: view.fileName.replace(/\.raw$/, `.${p.suffix}`),
+    label: `partition ${p.number} of ${view.label}`,
+    snapshot: view.snapshot,
+    window: { start: p.start, length: p.size },
+  };
+}
+
+function selectWholeView(image: QcowImage, options: { snapshot?: string; vmstate?: boolean }): SelectedView {
   if (options.snapshot === undefined) {
     if (options.vmstate) throw new QcowError('EINVAL', image.path, '--vmstate needs --snapshot NAME (VM state belongs to a snapshot)');
     return { disk: image.active, fileName: 'active.raw', label: 'the active disk' };

@@ -3,6 +3,8 @@ import type { Snapshot } from '../snapshot.js';
 import type { FeatureName } from '../format/header.js';
 import { EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE, EXT_FEATURE_TABLE } from '../format/header.js';
 import { snapshotFileNames } from '../names/snapshot-names.js';
+import type { Volume } from '../volume/partitions.js';
+import { type ImageVolumes, imageVolumes } from '../volume/image-volumes.js';
 
 /**
  * A plain, JSON-serialisable description of an opened image: what the mount shows as `info.json` and
@@ -60,6 +62,8 @@ export interface ImageInfo {
   backingChain: Omit<BackingLink, 'header'>[];
   dataFile: { name: string | null; path: string; raw: boolean } | null;
   snapshots: SnapshotInfo[];
+  /** The active disk's partition table, or null where it has none. */
+  partitions: PartitionsInfo | null;
   /** The file names the mount shows (relative to the mount point). */
   files: { active: string; info: string; snapshots: string };
   /** Only for an image read over HTTP(S). */
@@ -103,6 +107,72 @@ export interface SnapshotInfo {
   extraDataSize: number;
   /** File names in the mount, relative to the mount point; vmstate only where VM state was saved. */
   files: { raw: string; vmstate: string | null };
+  /** This snapshot's partition table (tables differ per snapshot), or null where it has none. */
+  partitions: PartitionsInfo | null;
+}
+
+/** A disk view's partition table, as info.json and `qcow-info` show it. */
+export interface PartitionsInfo {
+  scheme: 'mbr' | 'gpt';
+  sectorSize: number;
+  /** MBR disk signature (0x...) or GPT disk GUID. */
+  diskId: string | null;
+  /** The GPT header copy the entries came from. */
+  gptCopy: 'primary' | 'backup' | null;
+  partitions: PartitionInfo[];
+  /** What is wrong with the table (bad CRC and the copy used, overlaps, out-of-disk entries, EBR loops). */
+  problems: string[];
+}
+
+export interface PartitionInfo {
+  /** Linux numbering: MBR primaries 1-4 by slot, logicals from 5; GPT entry index + 1. */
+  number: number;
+  kind: 'primary' | 'logical' | 'gpt';
+  /** The file in a mount (relative to the mount point), or null where no byte of it lies on the disk. */
+  file: string | null;
+  start: number;
+  /** Size as the table says; the file holds `fileSize` bytes (cut at the disk's end). */
+  size: number;
+  fileSize: number;
+  /** MBR type id (0x83) or GPT type GUID. */
+  type: string;
+  typeName: string | null;
+  /** GPT partition name. */
+  name: string | null;
+  uniqueGuid: string | null;
+  attributes: string | null;
+  bootable: boolean;
+}
+
+/** A view's partition table for info.json; `base` is the view's file name without `.raw`. */
+export function describePartitions(volume: Volume | undefined, base: string): PartitionsInfo | null {
+  if (!volume) return null;
+  const t = volume.table;
+  const files = new Map(volume.partitions.map((p) => [p.number, p]));
+  return {
+    scheme: t.scheme,
+    sectorSize: t.sectorSize,
+    diskId: t.diskId ?? null,
+    gptCopy: t.gptCopy ?? null,
+    partitions: t.partitions.map((p) => {
+      const exposed = files.get(p.number);
+      return {
+        number: p.number,
+        kind: p.kind,
+        file: exposed ? `${base}.${exposed.suffix}` : null,
+        start: p.start,
+        size: p.size,
+        fileSize: exposed ? exposed.disk.size : 0,
+        type: p.type,
+        typeName: p.typeName ?? null,
+        name: p.name ?? null,
+        uniqueGuid: p.uniqueGuid ?? null,
+        attributes: p.attributes ?? null,
+        bootable: p.bootable,
+      };
+    }),
+    problems: [...t.problems],
+  };
 }
 
 const EXTENSION_NAMES = new Map<number, string>([
@@ -124,7 +194,7 @@ export function formatVmClock(ns: bigint): string {
   return `${pad(hours, 2)}:${pad(minutes, 2)}:${pad(seconds, 2)}.${pad(millis, 3)}`;
 }
 
-export function describeSnapshots(snapshots: readonly Snapshot[]): SnapshotInfo[] {
+export function describeSnapshots(snapshots: readonly Snapshot[], volumes?: readonly (Volume | undefined)[]): SnapshotInfo[] {
   const names = snapshotFileNames(snapshots);
   return snapshots.map((s, i) => ({
     index: s.index,
@@ -142,11 +212,15 @@ export function describeSnapshots(snapshots: readonly Snapshot[]): SnapshotInfo[
     l1TableOffset: s.l1TableOffset,
     extraDataSize: s.extraDataSize,
     files: { raw: `snapshots/${names[i]!.raw}`, vmstate: names[i]!.vmstate ? `snapshots/${names[i]!.vmstate}` : null },
+    partitions: describePartitions(volumes?.[i], `snapshots/${names[i]!.raw.replace(/\.raw$/, '')}`),
   }));
 }
 
-/** Describes an opened image as plain JSON-serialisable data (no bigint, no Date, no class instances). */
-export function describeImage(image: QcowImage): ImageInfo {
+/**
+ * Describes an opened image as plain JSON-serialisable data (no bigint, no Date, no class instances).
+ * `volumes`: every view's partitions where the caller has read them already (the mount has).
+ */
+export function describeImage(image: QcowImage, volumes: ImageVolumes = imageVolumes(image)): ImageInfo {
   const h = image.header;
   const info: ImageInfo = {
     image: image.path,
@@ -207,7 +281,8 @@ export function describeImage(image: QcowImage): ImageInfo {
       size: l.size,
     })),
     dataFile: image.dataFilePath ? { name: h.dataFile ?? null, path: image.dataFilePath, raw: h.dataFileRaw } : null,
-    snapshots: describeSnapshots(image.snapshots),
+    snapshots: describeSnapshots(image.snapshots, volumes.snapshots),
+    partitions: describePartitions(volumes.active, 'active'),
     files: { active: 'active.raw', info: 'info.json', snapshots: 'snapshots/' },
   };
   if (image.remote) info.remote = describeRemote(image.remote);

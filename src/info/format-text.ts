@@ -6,7 +6,7 @@
 import type { Extent } from '../disk/disk.js';
 import { oneLine } from '../errors.js';
 import { formatSize } from '../units.js';
-import type { ImageInfo, SnapshotInfo } from './describe.js';
+import type { ImageInfo, PartitionsInfo, SnapshotInfo } from './describe.js';
 
 /** `8 MiB (8389120 bytes)`, as qemu-img shows the virtual size. */
 export function formatSizeExact(bytes: number): string {
@@ -102,6 +102,16 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
     out.push(formatSnapshotTable(info.snapshots));
   }
 
+  const tables = [
+    ['active', info.partitions] as const,
+    ...info.snapshots.map((s) => [s.files.raw.replace(/^snapshots\//, '').replace(/\.raw$/, ''), s.partitions] as const),
+  ].filter((t): t is readonly [string, PartitionsInfo] => t[1] !== null);
+  if (tables.length > 0) {
+    out.push('Partitions:');
+    out.push(formatPartitionTable(tables));
+    for (const [view, t] of tables) for (const p of t.problems) out.push(`    problem in ${oneLine(view)}: ${oneLine(p)}`);
+  }
+
   out.push('Format specific information:');
   const fmt: [string, string][] = [
     ['compat', info.version === 3 ? '1.1' : '0.10'],
@@ -141,13 +151,36 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
     [info.files.active, formatSizeExact(info.virtualSize)],
     [info.files.info, ''],
   ];
+  const partitionFiles = (t: PartitionsInfo | null) => {
+    for (const p of t?.partitions ?? []) if (p.file) files.push([p.file, formatSizeExact(p.fileSize)]);
+  };
+  partitionFiles(info.partitions);
   for (const s of info.snapshots) {
     files.push([s.files.raw, formatSizeExact(s.diskSize)]);
+    partitionFiles(s.partitions);
     if (s.files.vmstate) files.push([s.files.vmstate, formatSizeExact(s.vmStateSize)]);
   }
   const fw = Math.min(60, Math.max(...files.map(([f]) => width(oneLine(f)))));
   for (const [f, size] of files) out.push(`    ${size ? `${padEnd(oneLine(f), fw)}  ${size}` : oneLine(f)}`);
   return out.join('\n');
+}
+
+/** Every view's partitions: VIEW, N, scheme and sector size, start, size, type, GPT name, file. */
+export function formatPartitionTable(tables: readonly (readonly [string, PartitionsInfo])[]): string {
+  const header = ['VIEW', 'N', 'TABLE', 'START', 'SIZE', 'TYPE', 'NAME', 'FILE'];
+  const rows = tables.flatMap(([view, t]) =>
+    t.partitions.map((p) => [
+      oneLine(view),
+      `${p.number}`,
+      `${t.scheme}/${t.sectorSize}${p.bootable ? ' boot' : ''}`,
+      `${p.start}`,
+      formatSize(p.size),
+      oneLine(p.typeName ? `${p.typeName} (${p.type})` : p.type),
+      oneLine(p.name ?? ''),
+      p.file ? oneLine(p.file) : '(beyond the disk)',
+    ]),
+  );
+  return formatTable(header, rows, [false, true, false, true, true, false, false, false], [MAX_TAG_COLUMN]);
 }
 
 /** One snapshot in detail: `qcow-info IMAGE --snapshot NAME`. */

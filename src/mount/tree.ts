@@ -2,13 +2,17 @@ import type { Disk } from '../disk/disk.js';
 import type { QcowImage } from '../image.js';
 import { describeImage } from '../info/describe.js';
 import { snapshotFileNames } from '../names/snapshot-names.js';
+import type { Volume } from '../volume/partitions.js';
+import { imageVolumes } from '../volume/image-volumes.js';
 
 /**
  * The file tree a mount shows, built once from an opened image (the image is immutable while mounted):
  *
  *   /active.raw            the active disk
+ *   /active.pN             its partitions (Linux numbers), where it has an MBR or a GPT
  *   /info.json             describeImage() as JSON
  *   /snapshots/NAME.raw    each snapshot's disk
+ *   /snapshots/NAME.pN     that disk's partitions
  *   /snapshots/NAME.vmstate  each snapshot's VM state, where it saved one
  */
 export type MountNode = DirNode | DiskNode | BytesNode;
@@ -98,16 +102,29 @@ export class MountTree {
 /** Builds the tree for an image: active.raw, info.json and snapshots/ with one file per view. */
 export function buildMountTree(image: QcowImage): MountTree {
   const tree = new MountTree(image.mtime);
+  const volumes = imageVolumes(image);
   tree.addDisk(tree.root, 'active.raw', image.active, image.mtime, 'active disk');
-  const info = Buffer.from(`${JSON.stringify(describeImage(image), null, 2)}\n`, 'utf8');
+  addPartitions(tree, tree.root, 'active', volumes.active, image.mtime, 'active disk');
+  const info = Buffer.from(`${JSON.stringify(describeImage(image, volumes), null, 2)}\n`, 'utf8');
   tree.addBytes(tree.root, 'info.json', info, image.mtime);
   const dir = tree.mkdir(tree.root, 'snapshots', image.mtime);
   const names = snapshotFileNames(image.snapshots);
   image.snapshots.forEach((s, i) => {
     const what = `snapshot ${s.index} ("${s.name}", id ${s.uniqueId})`;
     tree.addDisk(dir, names[i]!.raw, image.snapshotDisk(s), s.date, what);
+    addPartitions(tree, dir, names[i]!.raw.replace(/\.raw$/, ''), volumes.snapshots[i], s.date, what);
     const vm = image.vmState(s);
     if (vm && names[i]!.vmstate) tree.addDisk(dir, names[i]!.vmstate!, vm, s.date, `${what} VM state`);
   });
   return tree;
+}
+
+/** `BASE.pN` beside a view for each partition with bytes on the disk. */
+function addPartitions(tree: MountTree, dir: DirNode, base: string, volume: Volume | undefined, mtime: Date, what: string): void {
+  for (const p of volume?.partitions ?? []) {
+    const name = `${base}.${p.suffix}`;
+    // Snapshot names are free text: never let a partition file take a name another file has.
+    if (dir.children.has(name)) continue;
+    tree.addDisk(dir, name, p.disk, mtime, `${what} partition ${p.number}`);
+  }
 }
