@@ -17,6 +17,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { crc32 } from 'node:zlib';
 
 export type HostileExpect = 'refused' | 'eio-region' | 'ok';
 
@@ -42,6 +43,11 @@ export interface HostileEntry {
   qemu?: 'reads' | 'fails';
   /** Read granularity for the checks: the image's cluster size. */
   chunk?: number;
+  /**
+   * For a guest disk holding a hostile partition table: the partition numbers the active disk's table
+   * must give, and strings its problem list must contain (reading it never throws).
+   */
+  partitions?: { numbers: number[]; problems: string[] };
 }
 
 export interface HostileCatalogue {
@@ -284,6 +290,14 @@ class Builder {
     const own = `${name}.qemu.raw`;
     const reads = this.convert(file, own);
     this.add({ name, description, file, expect: 'eio-region', messageIncludes, region, oracles: { active: reads ? own : baseRaw }, qemu: reads ? 'reads' : 'fails', chunk });
+  }
+  /** A raw guest disk holding a hostile partition table, converted to qcow2 by QEMU; QEMU's raw output is the oracle. */
+  partitionDisk(name: string, description: string, raw: Buffer, partitions: NonNullable<HostileEntry['partitions']>): void {
+    fs.writeFileSync(this.p(`${name}.guest.raw`), raw);
+    this.qimg('convert', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=4096', `${name}.guest.raw`, `${name}.qcow2`);
+    fs.rmSync(this.p(`${name}.guest.raw`));
+    if (!this.convert(`${name}.qcow2`, `${name}.qemu.raw`)) throw new Error(`qemu-img cannot read ${name}.qcow2`);
+    this.add({ name, description, file: `${name}.qcow2`, expect: 'ok', messageIncludes: [], oracles: { active: `${name}.qemu.raw` }, qemu: 'reads', chunk: 4096, partitions });
   }
   ok(name: string, file: string, description: string, oracles: Record<string, string>, chunk = 4096): void {
     this.add({ name, description, file, expect: 'ok', messageIncludes: [], oracles, qemu: 'reads', chunk });
@@ -628,6 +642,90 @@ function build(dir: string): HostileEntry[] {
   fs.rmSync(b.p('gone-data.raw'));
   b.add({ name: 'data-file-missing', description: 'the external data file does not exist', file: 'data-file-missing.qcow2', expect: 'refused', code: 'ENOENT', messageIncludes: ['external data file "gone-data.raw"', 'no such file'] });
   b.refused('data-file-bit-without-name', 'base.qcow2', 'the external data file bit set, no data file extension', ['external data file'], (f) => put64(f, H.incompatible, u64(f, H.incompatible) | 4n));
+
+  // --- Hostile partition tables inside the guest disk (QEMU reads these images fine) ------------------
+  const disk = () => Buffer.alloc(MiB);
+  const mbrEntry = (d: Buffer, sector: number, slot: number, type: number, start: number, count: number) => {
+    const at = sector * 512 + 446 + slot * 16;
+    d[at + 4] = type;
+    d.writeUInt32LE(start, at + 8);
+    d.writeUInt32LE(count, at + 12);
+    d[sector * 512 + 510] = 0x55;
+    d[sector * 512 + 511] = 0xaa;
+  };
+  {
+    const d = disk(); // extended at 64; EBR 64 -> EBR 128 -> back to EBR 64
+    mbrEntry(d, 0, 0, 0x05, 64, 1024);
+    mbrEntry(d, 64, 0, 0x83, 8, 8);
+    mbrEntry(d, 64, 1, 0x05, 64, 64);
+    mbrEntry(d, 128, 0, 0x83, 8, 8);
+    mbrEntry(d, 128, 1, 0x05, 0, 64);
+    b.partitionDisk('partitions-ebr-loop', 'an EBR chain that loops back to its first EBR', d, { numbers: [5, 6], problems: ['EBR loop'] });
+  }
+  {
+    const d = disk();
+    mbrEntry(d, 0, 0, 0x83, 0xffffffff, 0xffffffff);
+    mbrEntry(d, 0, 1, 0x83, 64, 0xffffffff);
+    mbrEntry(d, 0, 2, 0x0f, 0xfffffff0, 0xffffffff);
+    b.partitionDisk('partitions-2-32-sectors', 'MBR entries of 2^32-1 sectors, one starting at sector 2^32-1, an extended one far past the disk', d, {
+      numbers: [1, 2],
+      problems: ['partition 1 starts beyond the end of the disk', 'partition 2 ends beyond the end of the disk: cut to', 'lies beyond the end of the disk'],
+    });
+  }
+  const gpt = (d: Buffer, lba: number, alternate: number, entriesLba: number, count: number, entries: Buffer) => {
+    const h = Buffer.alloc(92);
+    h.write('EFI PART', 0, 'latin1');
+    h.writeUInt32LE(0x00010000, 8);
+    h.writeUInt32LE(92, 12);
+    h.writeBigUInt64LE(BigInt(lba), 24);
+    h.writeBigUInt64LE(BigInt(alternate), 32);
+    h.writeBigUInt64LE(34n, 40);
+    h.writeBigUInt64LE(2014n, 48);
+    h.writeBigUInt64LE(BigInt(entriesLba), 72);
+    h.writeUInt32LE(count, 80);
+    h.writeUInt32LE(128, 84);
+    h.writeUInt32LE(crc32(entries), 88);
+    h.writeUInt32LE(crc32(h), 16);
+    h.copy(d, lba * 512);
+    entries.copy(d, entriesLba * 512);
+  };
+  const gptEntries = () => {
+    const e = Buffer.alloc(128 * 128);
+    Buffer.from('AF3DC60F838472478E793D69D8477DE4', 'hex').copy(e, 0); // Linux filesystem
+    e.writeBigUInt64LE(100n, 32);
+    e.writeBigUInt64LE(199n, 40);
+    return e;
+  };
+  {
+    const d = disk();
+    mbrEntry(d, 0, 0, 0xee, 1, 2047);
+    gpt(d, 1, 2047, 2, 0x7fffffff, gptEntries().subarray(0, 512)); // the CRC covers 512 bytes; the count claims 2^31-1
+    b.partitionDisk('partitions-gpt-huge-count', 'a GPT header with a valid CRC claiming 2^31-1 entries, and no backup', d, {
+      numbers: [],
+      problems: ['2147483647 entries of 128 bytes: over the limit', 'no valid GPT header'],
+    });
+  }
+  {
+    const d = disk();
+    mbrEntry(d, 0, 0, 0xee, 1, 2047);
+    gpt(d, 1, 2047, 2, 128, gptEntries());
+    gpt(d, 2047, 1, 2015, 128, gptEntries());
+    d[512 + 16] ^= 0xff; // primary header CRC
+    d[2015 * 512 + 40] ^= 0x01; // backup entries (its CRC no longer matches)
+    b.partitionDisk('partitions-gpt-bad-crcs', 'GPT: the primary header CRC and the backup entry array CRC both wrong', d, {
+      numbers: [],
+      problems: ['primary GPT header at LBA 1: header CRC mismatch', 'backup GPT header at LBA 2047: entry array CRC mismatch'],
+    });
+    const fine = disk();
+    mbrEntry(fine, 0, 0, 0xee, 1, 2047);
+    gpt(fine, 1, 2047, 2, 128, gptEntries());
+    gpt(fine, 2047, 1, 2015, 128, gptEntries());
+    fine[512 + 16] ^= 0xff;
+    b.partitionDisk('partitions-gpt-backup-used', 'GPT: the primary header CRC wrong, the backup copy intact', fine, {
+      numbers: [1],
+      problems: ['header CRC mismatch', 'used the backup copy at LBA 2047'],
+    });
+  }
 
   // Everything above must be left as it is: no test may write to the catalogue.
   for (const e of b.entries) {

@@ -216,3 +216,45 @@ describe.skipIf(!ready)('GPT', () => {
     expect(text).toMatch(/backup GPT header at LBA 65535: no "EFI PART" signature/);
   });
 });
+
+describe.skipIf(!ready)('any mutation of a table', () => {
+  it('is read without throwing, with bounded reads', async () => {
+    const fc = await import('fast-check');
+    const bases = ['mbr', 'gpt512', 'gpt4k'].map((n) => {
+      const raw = rawOf(n);
+      // The first 64 KiB and the last 64 KiB hold every table of these disks.
+      return { head: Buffer.from(raw.subarray(0, 65536)), tail: Buffer.from(raw.subarray(raw.length - 65536)), size: raw.length };
+    });
+    const interesting = [0, 1, 0x7f, 0x80, 0xff, 0x05, 0x0f, 0x85, 0xee];
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 2 }),
+        fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 0, max: 65535 }), fc.oneof(fc.integer({ min: 0, max: 255 }), fc.constantFrom(...interesting))), { minLength: 1, maxLength: 40 }),
+        (which, edits) => {
+          const base = bases[which]!;
+          const head = Buffer.from(base.head);
+          const tail = Buffer.from(base.tail);
+          for (const [inTail, at, value] of edits) (inTail ? tail : head)[at] = value;
+          let bytes = 0;
+          const source: ByteSource = (position, length) => {
+            bytes += length;
+            const out = Buffer.alloc(Math.max(0, Math.min(length, base.size - position)));
+            for (let i = 0; i < out.length; i++) {
+              const p = position + i;
+              if (p < 65536) out[i] = head[p]!;
+              else if (p >= base.size - 65536) out[i] = tail[p - (base.size - 65536)]!;
+            }
+            return out;
+          };
+          const t = readPartitionTable(source, base.size);
+          if (t) {
+            for (const p of t.partitions) expect(Number.isSafeInteger(p.start) && Number.isSafeInteger(p.size)).toBe(true);
+            expect(t.problems.length).toBeLessThanOrEqual(65);
+          }
+          expect(bytes).toBeLessThan(16 * 1024 * 1024);
+        },
+      ),
+      { numRuns: 300, seed: 20261202 },
+    );
+  });
+});

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { QcowError, openImage, openImageSync } from '../src/index.js';
+import { QcowError, openImage, openImageSync, openVolume } from '../src/index.js';
 import type { Disk, QcowImage } from '../src/index.js';
 import { type HostileCatalogue, type HostileEntry, defaultHostileDir, makeHostile } from '../scripts/make-hostile.js';
 import { toolsAvailable } from './support/tools.js';
@@ -62,7 +62,8 @@ describe.skipIf(!ready)('hostile catalogue: refused at open', () => {
       'snapshots-65535', 'snapshots-2-31', 'snapshot-name-past-eof', 'snapshot-extra-data-huge', 'snapshot-l1-past-eof',
       'backing-cycle-self', 'backing-cycle-two', 'backing-dotdot', 'backing-json', 'backing-nbd', 'backing-is-directory',
       'backing-is-fifo', 'backing-missing', 'truncated-data', 'truncated-l2', 'truncated-header', 'zero-length',
-      'folder-as-image', 'data-file-missing',
+      'folder-as-image', 'data-file-missing', 'partitions-ebr-loop', 'partitions-2-32-sectors', 'partitions-gpt-huge-count',
+      'partitions-gpt-bad-crcs', 'partitions-gpt-backup-used',
     ]) {
       expect(names.has(n), n).toBe(true);
     }
@@ -139,6 +140,16 @@ describe.skipIf(!ready)('hostile catalogue: bad regions read EIO, the rest reads
         expect(performance.now() - viewStarted).toBeLessThan(VIEW_MS);
       }
       if (entry.expect === 'eio-region') expect(eioSeen).toBeGreaterThan(0);
+      if (entry.partitions) {
+        // A hostile partition table: read without throwing, in bounded time, every problem listed.
+        const tableStarted = performance.now();
+        const volume = openVolume(img.active);
+        expect(performance.now() - tableStarted).toBeLessThan(OPEN_MS);
+        expect(volume, 'a partition table').toBeDefined();
+        expect(volume!.table.partitions.map((p) => p.number)).toEqual(entry.partitions.numbers);
+        const problems = volume!.table.problems.join('\n');
+        for (const p of entry.partitions.problems) expect(problems).toContain(p);
+      }
       // The views with an oracle still read right after the failures.
       for (const [view, rel] of Object.entries(entry.oracles ?? {})) {
         const disk = viewOf(img, view);
