@@ -16,6 +16,7 @@ import { type ImageSet, DEFAULT_SIZES, IMAGES, type Sizes, buildImages, filesToW
 import { type MountRequest, type Mounted, MOUNTS, PEERS, type PeerName, STATE, mountPeer } from './bench/peers.js';
 import { type BenchResults, type ScenarioResult, renderMarkdown, renderConsole } from './bench/report.js';
 import { benchRemote, renderRemote } from './bench/remote.js';
+import { benchVolume } from './bench/volume-diff.js';
 import { ALL_SEQ_BYTES, DEFAULT_SEQ_BYTES, type RunOptions, WORKLOADS, type Workload } from './bench/workloads.js';
 import {
   GiB,
@@ -55,7 +56,7 @@ interface Args {
   workloads?: Set<string>;
 }
 
-const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory', 'diagnostics', 'remote'] as const;
+const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory', 'volume', 'diagnostics', 'remote'] as const;
 
 function parseArgs(argv: string[]): Args {
   const a: Args = { quick: false, rounds: 3, skip: new Set(), out: '', seconds: 3, seqBytes: DEFAULT_SEQ_BYTES, waitQuietMinutes: 0 };
@@ -574,6 +575,11 @@ async function main(): Promise<void> {
     log('memory and mount time against disk size and snapshot count');
     await runMemory(set, args.rounds, results);
     results.load.push({ when: 'after memory', avg: loadAverage() });
+  }
+  if (wanted(args, 'volume')) {
+    log('partition files and the metadata diff (scripts/bench/volume-diff.ts)');
+    results.volume = await benchVolume(args.rounds);
+    results.load.push({ when: 'after volume', avg: loadAverage() });
   }
   const full = all.find((sc) => sc.id === 'full');
   if (wanted(args, 'diagnostics') && full && have('perf')) {

@@ -107,8 +107,8 @@ async function main(argv: string[]): Promise<number> {
       };
       process.stdout.write(`${JSON.stringify(out)}\n`);
     } else {
-      const lines = [`${'Start'.padEnd(20)}${'Length'.padEnd(20)}`];
-      for (const r of changed) lines.push(`${hex(r.start).padEnd(20)}${hex(r.length).padEnd(20)}`);
+      const lines = [`${'Start'.padEnd(20)}Length`];
+      for (const r of changed) lines.push(`${hex(r.start).padEnd(20)}${hex(r.length)}`);
       lines.push(
         `Total: ${changedBytes} bytes (${hex(changedBytes)}) in ${changed.length} range${changed.length === 1 ? '' : 's'}${opts.verify ? ', verified against the data' : ''}; ` +
           `${from.label} is ${from.disk.size} bytes, ${to.label} ${to.disk.size}`,
