@@ -17,12 +17,13 @@ import { startNginx } from '../../test/support/nginx.js';
 import { startLatencyProxy } from './latency-proxy.js';
 import { type Mounted, MOUNTS, mountPeer } from './peers.js';
 import { IMAGES } from './images.js';
-import { KiB, MiB, REPO, atCleanUp, have, log, median, memOf, run, runOk, sleep, trackMount, unmountSync, untrackMount, isMounted } from './util.js';
+import { KiB, MiB, REPO, atCleanUp, have, log, median, memOf, run, runOk, sleep, trackMount, unmountSync, untrackMount, isMounted, warm } from './util.js';
 import { WORKLOADS } from './workloads.js';
 
 const EXPORT = path.join(REPO, 'dist/cli/qcow-export.js');
 const IMAGE_NAME = 'remote-256m.qcow2';
 const IMAGE_SIZE = 256 * MiB;
+const EXPORT_TIMEOUT_MS = 240_000;
 
 export interface RemoteBenchOptions {
   rounds: number;
@@ -122,6 +123,7 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
   for (const tool of ['nginx', 'qemu-storage-daemon', 'qemu-img', 'fio']) if (!have(tool)) throw new Error(`remote bench: ${tool} is missing`);
   const image = await buildImage();
   const nginx = await startNginx(IMAGES);
+  atCleanUp(() => nginx.kill());
   const rows: RemoteRow[] = [];
   try {
     for (const latency of opt.latencies) {
@@ -148,6 +150,8 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
         };
         for (let round = 0; round < opt.rounds; round++) {
           for (const who of round % 2 ? (['qemu', 'ours'] as const) : (['ours', 'qemu'] as const)) {
+            // The image in the host's page cache for both peers alike: nginx serves it from memory.
+            await warm(image);
             const m =
               who === 'ours'
                 ? await mountPeer('ours', { image: url, tag: `remote-${latency}-${round}`, oursArgs: ['-o', `remote_cache_size=${opt.cacheSize}`] })
@@ -163,17 +167,23 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
             }
           }
           // Export of the whole image.
-          for (const who of ['ours', 'qemu'] as const) {
+          for (const who of round % 2 ? (['qemu', 'ours'] as const) : (['ours', 'qemu'] as const)) {
             const out = path.join(MOUNTS, `remote-export-${who}.raw`);
             fs.rmSync(out, { force: true });
             const t0 = process.hrtime.bigint();
+            await warm(image);
+            // Bounded: QEMU 7.2's curl driver was seen to stall for good (connections in CLOSE-WAIT).
             const r =
               who === 'ours'
-                ? await run(process.execPath, [EXPORT, '-q', '-f', url, out], { timeoutMs: 1_800_000 })
-                : await run('qemu-img', ['convert', '-O', 'raw', url, out], { timeoutMs: 1_800_000 });
+                ? await run(process.execPath, [EXPORT, '-q', '-f', url, out], { timeoutMs: EXPORT_TIMEOUT_MS })
+                : await run('qemu-img', ['convert', '-O', 'raw', url, out], { timeoutMs: EXPORT_TIMEOUT_MS });
             const s = Number(process.hrtime.bigint() - t0) / 1e9;
             fs.rmSync(out, { force: true });
-            if (r.code !== 0) throw new Error(`${who} export failed: ${r.stderr.trim()}`);
+            if (r.code !== 0) {
+              log(`remote ${latency} ms ${who} export did not finish (${r.signal ? `killed after ${EXPORT_TIMEOUT_MS / 1000} s` : r.stderr.trim()}): counted as 0`);
+              note('export', who, 0);
+              continue;
+            }
             note('export', who, IMAGE_SIZE / 1e6 / s);
             log(`remote ${latency} ms ${who} export: ${(IMAGE_SIZE / 1e6 / s).toFixed(1)} MB/s`);
           }

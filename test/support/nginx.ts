@@ -15,6 +15,8 @@ export interface Nginx {
   /** Requests seen so far (from the access log): `METHOD PATH RANGE auth=AUTHORIZATION` (`-` where absent). */
   accessLog(): string[];
   stop(): Promise<void>;
+  /** Kills it at once (SIGKILL), for synchronous clean-up paths. */
+  kill(): void;
 }
 
 export interface NginxOptions {
@@ -92,6 +94,9 @@ http {
       } catch {
         return [];
       }
+    },
+    kill: () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
     },
     stop: async () => {
       if (child.exitCode === null) {
