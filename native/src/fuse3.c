@@ -1,0 +1,911 @@
+/*
+ * qcow-mount's native FUSE back-end: a libfuse 3 low-level session owned by worker threads.
+ *
+ * The bytes in C, the format in TypeScript. TypeScript gives the file tree at mount (immutable while
+ * mounted) and publishes, per view and per L2 table, what it has translated: guest cluster -> host
+ * offset in one of the host files, or zeros. A worker serves a read whose clusters are all published
+ * by itself (host runs merged, spliced from the host file into /dev/fuse; zeros from a static page
+ * run); anything else goes to JavaScript through a thread-safe function and is answered there.
+ *
+ * The map only ever goes from "unknown" to known (the image is immutable), so readers need no locks:
+ * an entry or a table pointer seen is complete (release stores, acquire loads); one not seen yet
+ * sends the read to JavaScript, which is always right.
+ */
+#define FUSE_USE_VERSION 314 /* >= 312: fuse_loop_cfg_* (with 34, max_idle_threads reads as 0) */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <fuse_lowlevel.h>
+#include <node_api.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+/* Largest request: libfuse's splice pipe must hold a request plus 3 pages, and an unprivileged pipe
+ * cannot grow past 1 MiB, so 1 MiB requests would silently fall back to a copy. */
+#define DEFAULT_MAX_WRITE (252u * 4096u)
+#define ZERO_BYTES (1024u * 1024u)
+#define MAX_FDS 64
+
+/* Map entries: 0 unknown; else kind in bits 0-1, host file slot in bits 2-7, host offset (cluster
+ * aligned, clusters are >= 512 bytes) above. */
+#define KIND_DATA 1u
+#define KIND_ZERO 2u
+#define SLOT_SHIFT 2
+#define SLOT_MASK 0x3fu
+#define HOST_MASK (~(uint64_t)0x1ff)
+
+static const char zeros[ZERO_BYTES];
+
+typedef struct {
+  uint64_t size;
+  uint32_t cluster_bits;
+  uint32_t table_bits; /* clusters per published table: 1 << table_bits */
+  uint64_t ntables;
+  _Atomic(_Atomic uint64_t *) *tables;
+} view_t;
+
+typedef struct {
+  char *name;
+  uint64_t parent; /* ino */
+  int is_dir;
+  int view; /* -1: bytes or no map */
+  uint64_t size;
+  char *bytes; /* in-memory file (info.json), or NULL */
+  uint64_t *children; /* inos */
+  uint32_t nchildren;
+  struct stat st;
+} node_t;
+
+typedef struct pending {
+  fuse_req_t req;
+  uint64_t ino;
+  uint64_t off;
+  uint64_t size;
+  uint32_t id;
+} pending_t;
+
+typedef struct session {
+  struct fuse_session *se;
+  char *mountpoint;
+  pthread_t loop_thread;
+  int loop_started;
+  int loop_joined;
+  _Atomic int loop_ended;
+  int destroyed;
+  unsigned threads;
+  unsigned max_write;
+  double cache_seconds;
+  int debug;
+
+  node_t *nodes;
+  uint64_t nnodes;
+  view_t *views;
+  uint32_t nviews;
+  int fds[MAX_FDS];
+  uint32_t nfds;
+  struct statvfs stv;
+
+  _Atomic uint64_t map_bytes;
+  uint64_t map_limit;
+
+  /* Reads waiting for JavaScript: slot table, guarded by the mutex (not on the native path). */
+  pthread_mutex_t lock;
+  pending_t **slots;
+  uint32_t nslots;
+  uint32_t *free_ids;
+  uint32_t nfree;
+
+  napi_threadsafe_function on_read;
+  napi_threadsafe_function on_event;
+  _Atomic uint64_t native_reads;
+  _Atomic uint64_t js_reads;
+  _Atomic uint64_t native_bytes;
+} session_t;
+
+/* ---------------------------------------------------------------- events to JavaScript */
+
+typedef struct {
+  char kind[8];
+  char *text;
+  int code;
+} event_t;
+
+static void emit(session_t *s, const char *kind, const char *text, int code) {
+  event_t *e = calloc(1, sizeof *e);
+  if (!e) return;
+  snprintf(e->kind, sizeof e->kind, "%s", kind);
+  e->text = text ? strdup(text) : NULL;
+  e->code = code;
+  if (napi_call_threadsafe_function(s->on_event, e, napi_tsfn_nonblocking) != napi_ok) {
+    free(e->text);
+    free(e);
+  }
+}
+
+static void debug_log(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void debug_log(session_t *s, const char *fmt, ...) {
+  if (!s->debug) return;
+  char line[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  emit(s, "log", line, 0);
+}
+
+/* ---------------------------------------------------------------- the file tree */
+
+static node_t *node_of(session_t *s, fuse_ino_t ino) {
+  if (ino < 1 || ino > s->nnodes) return NULL;
+  return &s->nodes[ino - 1];
+}
+
+static void fill_entry(session_t *s, node_t *n, struct fuse_entry_param *e) {
+  memset(e, 0, sizeof *e);
+  e->ino = n->st.st_ino;
+  e->attr = n->st;
+  e->attr_timeout = s->cache_seconds;
+  e->entry_timeout = s->cache_seconds;
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn) {
+  session_t *s = userdata;
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_MOVE); /* splice reads cost ~40% of random IOPS */
+  conn->max_write = s->max_write; /* libfuse derives max_pages from it */
+  emit(s, "init", NULL, (int)conn->proto_minor);
+}
+
+static void op_destroy(void *userdata) {}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+  session_t *s = fuse_req_userdata(req);
+  node_t *p = node_of(s, parent);
+  if (!p) { fuse_reply_err(req, ENOENT); return; }
+  if (!p->is_dir) { fuse_reply_err(req, ENOTDIR); return; }
+  struct fuse_entry_param e;
+  for (uint32_t i = 0; i < p->nchildren; i++) {
+    node_t *c = node_of(s, p->children[i]);
+    if (c && strcmp(c->name, name) == 0) {
+      fill_entry(s, c, &e);
+      debug_log(s, "lookup(%s in %llu) -> ino %llu", name, (unsigned long long)parent, (unsigned long long)e.ino);
+      fuse_reply_entry(req, &e);
+      return;
+    }
+  }
+  /* Negative entry, cached as long as the rest: the tree never changes. */
+  memset(&e, 0, sizeof e);
+  e.entry_timeout = s->cache_seconds;
+  debug_log(s, "lookup(%s in %llu) -> ENOENT", name, (unsigned long long)parent);
+  fuse_reply_entry(req, &e);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  session_t *s = fuse_req_userdata(req);
+  node_t *n = node_of(s, ino);
+  debug_log(s, "getattr(ino %llu) -> %s", (unsigned long long)ino, n ? "0" : "ENOENT");
+  if (!n) { fuse_reply_err(req, ENOENT); return; }
+  fuse_reply_attr(req, &n->st, s->cache_seconds);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi) {
+  fuse_reply_err(req, EROFS);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  session_t *s = fuse_req_userdata(req);
+  node_t *n = node_of(s, ino);
+  int err = 0;
+  if (!n) err = ENOENT;
+  else if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) err = EROFS;
+  else if (n->is_dir) err = EISDIR;
+  debug_log(s, "open(%s, flags 0x%x) -> %s", n ? n->name : "?", fi->flags, err ? strerror(err) : "0");
+  if (err) { fuse_reply_err(req, err); return; }
+  fi->fh = ino;
+  fi->keep_cache = 1; /* nothing changes while mounted: keep the page cache across opens */
+  fuse_reply_open(req, fi);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  fuse_reply_err(req, 0);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  session_t *s = fuse_req_userdata(req);
+  node_t *n = node_of(s, ino);
+  if (!n) { fuse_reply_err(req, ENOENT); return; }
+  if (!n->is_dir) { fuse_reply_err(req, ENOTDIR); return; }
+  fi->fh = ino;
+  fi->cache_readdir = 1;
+  fi->keep_cache = 1;
+  fuse_reply_open(req, fi);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+  fuse_reply_err(req, 0);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  session_t *s = fuse_req_userdata(req);
+  node_t *n = node_of(s, ino);
+  if (!n) { fuse_reply_err(req, ENOENT); return; }
+  if (!n->is_dir) { fuse_reply_err(req, ENOTDIR); return; }
+  char *buf = malloc(size);
+  if (!buf) { fuse_reply_err(req, ENOMEM); return; }
+  size_t used = 0;
+  /* Entries: 0 ".", 1 "..", 2.. children; an entry's offset is the index of the next one. */
+  for (uint64_t i = (uint64_t)off; i < 2 + (uint64_t)n->nchildren; i++) {
+    const char *name;
+    struct stat st;
+    if (i == 0) { name = "."; st = n->st; }
+    else if (i == 1) { node_t *p = node_of(s, n->parent); name = ".."; st = p ? p->st : n->st; }
+    else { node_t *c = node_of(s, n->children[i - 2]); name = c->name; st = c->st; }
+    size_t need = fuse_add_direntry(req, buf + used, size - used, name, &st, (off_t)(i + 1));
+    if (need > size - used) break;
+    used += need;
+  }
+  debug_log(s, "readdir(%s, off %lld) -> %zu bytes", n->name, (long long)off, used);
+  fuse_reply_buf(req, buf, used);
+  free(buf);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino) {
+  session_t *s = fuse_req_userdata(req);
+  fuse_reply_statfs(req, &s->stv);
+}
+
+static void op_erofs_mknod(fuse_req_t req, fuse_ino_t p, const char *name, mode_t mode, dev_t rdev) { fuse_reply_err(req, EROFS); }
+static void op_erofs_mkdir(fuse_req_t req, fuse_ino_t p, const char *name, mode_t mode) { fuse_reply_err(req, EROFS); }
+static void op_erofs_unlink(fuse_req_t req, fuse_ino_t p, const char *name) { fuse_reply_err(req, EROFS); }
+static void op_erofs_symlink(fuse_req_t req, const char *link, fuse_ino_t p, const char *name) { fuse_reply_err(req, EROFS); }
+static void op_erofs_rename(fuse_req_t req, fuse_ino_t p, const char *name, fuse_ino_t np, const char *nn, unsigned int flags) { fuse_reply_err(req, EROFS); }
+static void op_erofs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t np, const char *nn) { fuse_reply_err(req, EROFS); }
+static void op_erofs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) { fuse_reply_err(req, EROFS); }
+static void op_erofs_create(fuse_req_t req, fuse_ino_t p, const char *name, mode_t mode, struct fuse_file_info *fi) { fuse_reply_err(req, EROFS); }
+static void op_erofs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value, size_t size, int flags) { fuse_reply_err(req, EROFS); }
+static void op_erofs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name) { fuse_reply_err(req, EROFS); }
+
+/* ---------------------------------------------------------------- reads */
+
+static void to_js(session_t *s, fuse_req_t req, fuse_ino_t ino, uint64_t off, uint64_t size) {
+  pending_t *p = malloc(sizeof *p);
+  if (!p) { fuse_reply_err(req, ENOMEM); return; }
+  p->req = req;
+  p->ino = ino;
+  p->off = off;
+  p->size = size;
+  pthread_mutex_lock(&s->lock);
+  if (s->nfree == 0) {
+    uint32_t grow = s->nslots ? s->nslots : 64;
+    pending_t **slots = realloc(s->slots, sizeof *slots * (s->nslots + grow));
+    uint32_t *free_ids = realloc(s->free_ids, sizeof *free_ids * (s->nslots + grow));
+    if (!slots || !free_ids) {
+      if (slots) s->slots = slots;
+      if (free_ids) s->free_ids = free_ids;
+      pthread_mutex_unlock(&s->lock);
+      free(p);
+      fuse_reply_err(req, ENOMEM);
+      return;
+    }
+    s->slots = slots;
+    s->free_ids = free_ids;
+    for (uint32_t i = 0; i < grow; i++) {
+      s->slots[s->nslots + i] = NULL;
+      s->free_ids[s->nfree++] = s->nslots + grow - 1 - i;
+    }
+    s->nslots += grow;
+  }
+  p->id = s->free_ids[--s->nfree];
+  s->slots[p->id] = p;
+  pthread_mutex_unlock(&s->lock);
+  atomic_fetch_add_explicit(&s->js_reads, 1, memory_order_relaxed);
+  if (napi_call_threadsafe_function(s->on_read, p, napi_tsfn_nonblocking) != napi_ok) {
+    pthread_mutex_lock(&s->lock);
+    s->slots[p->id] = NULL;
+    s->free_ids[s->nfree++] = p->id;
+    pthread_mutex_unlock(&s->lock);
+    free(p);
+    fuse_reply_err(req, EIO);
+  }
+}
+
+static _Thread_local struct fuse_bufvec *tl_vec;
+static _Thread_local size_t tl_vec_cap;
+
+static struct fuse_bufvec *vec_for(size_t segments) {
+  if (segments > tl_vec_cap) {
+    free(tl_vec);
+    tl_vec = calloc(1, sizeof(struct fuse_bufvec) + segments * sizeof(struct fuse_buf));
+    tl_vec_cap = tl_vec ? segments : 0;
+  }
+  return tl_vec;
+}
+
+/* Serves [off, off + size) from the map; 0 when a cluster is not known (the caller hands it to JS). */
+static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, uint64_t size) {
+  const uint64_t cs = (uint64_t)1 << v->cluster_bits;
+  const uint64_t tmask = ((uint64_t)1 << v->table_bits) - 1;
+  size_t max_segments = (size_t)(size >> v->cluster_bits) + 2;
+  struct fuse_bufvec *bv = vec_for(max_segments);
+  if (!bv) return 0;
+  size_t n = 0;
+  uint64_t pos = off, end = off + size;
+  while (pos < end) {
+    uint64_t c = pos >> v->cluster_bits;
+    uint64_t t = c >> v->table_bits;
+    if (t >= v->ntables) return 0;
+    _Atomic uint64_t *table = atomic_load_explicit(&v->tables[t], memory_order_acquire);
+    if (!table) return 0;
+    uint64_t e = atomic_load_explicit(&table[c & tmask], memory_order_acquire);
+    if (e == 0) return 0;
+    uint64_t in = pos & (cs - 1);
+    uint64_t len = cs - in < end - pos ? cs - in : end - pos;
+    struct fuse_buf *last = n ? &bv->buf[n - 1] : NULL;
+    if ((e & 3u) == KIND_DATA) {
+      int fd = s->fds[(e >> SLOT_SHIFT) & SLOT_MASK];
+      uint64_t host = (e & HOST_MASK) + in;
+      if (last && (last->flags & FUSE_BUF_IS_FD) && last->fd == fd && (uint64_t)last->pos + last->size == host) {
+        last->size += len;
+      } else {
+        if (n == max_segments) return 0;
+        bv->buf[n++] = (struct fuse_buf){ .size = len, .flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, .fd = fd, .pos = (off_t)host };
+      }
+    } else {
+      if (last && !(last->flags & FUSE_BUF_IS_FD) && last->size + len <= ZERO_BYTES) {
+        last->size += len;
+      } else {
+        if (n == max_segments) return 0;
+        bv->buf[n++] = (struct fuse_buf){ .size = len, .mem = (void *)zeros };
+      }
+    }
+    pos += len;
+  }
+  bv->count = n;
+  bv->idx = 0;
+  bv->off = 0;
+  atomic_fetch_add_explicit(&s->native_reads, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&s->native_bytes, size, memory_order_relaxed);
+  fuse_reply_data(req, bv, 0);
+  return 1;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
+  session_t *s = fuse_req_userdata(req);
+  node_t *n = node_of(s, ino);
+  if (!n || n->is_dir) { fuse_reply_err(req, n ? EISDIR : EBADF); return; }
+  if (off < 0) { fuse_reply_err(req, EINVAL); return; }
+  uint64_t len = (uint64_t)off >= n->size ? 0 : n->size - (uint64_t)off;
+  if (len > size) len = size;
+  if (len == 0) { fuse_reply_buf(req, NULL, 0); return; }
+  if (n->bytes) { fuse_reply_buf(req, n->bytes + off, len); return; }
+  if (n->view >= 0 && !s->debug && serve_mapped(s, req, &s->views[n->view], (uint64_t)off, len)) return;
+  to_js(s, req, ino, (uint64_t)off, len);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+  .init = op_init,
+  .destroy = op_destroy,
+  .lookup = op_lookup,
+  .getattr = op_getattr,
+  .setattr = op_setattr,
+  .open = op_open,
+  .read = op_read,
+  .release = op_release,
+  .opendir = op_opendir,
+  .readdir = op_readdir,
+  .releasedir = op_releasedir,
+  .statfs = op_statfs,
+  .mknod = op_erofs_mknod,
+  .mkdir = op_erofs_mkdir,
+  .unlink = op_erofs_unlink,
+  .rmdir = op_erofs_unlink,
+  .symlink = op_erofs_symlink,
+  .rename = op_erofs_rename,
+  .link = op_erofs_link,
+  .write = op_erofs_write,
+  .create = op_erofs_create,
+  .setxattr = op_erofs_setxattr,
+  .removexattr = op_erofs_removexattr,
+};
+
+/* ---------------------------------------------------------------- the session thread */
+
+static void *loop_main(void *arg) {
+  session_t *s = arg;
+  struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+  int res;
+  if (!cfg) {
+    res = -ENOMEM;
+  } else {
+    fuse_loop_cfg_set_clone_fd(cfg, 0);
+    fuse_loop_cfg_set_max_threads(cfg, s->threads);
+    fuse_loop_cfg_set_idle_threads(cfg, s->threads); /* keep the workers: no thread per request */
+    res = fuse_session_loop_mt(s->se, cfg);
+    fuse_loop_cfg_destroy(cfg);
+  }
+  atomic_store(&s->loop_ended, 1);
+  emit(s, "ended", NULL, res);
+  return NULL;
+}
+
+/* ---------------------------------------------------------------- N-API glue */
+
+#define CHECK(call)                                                              \
+  do {                                                                           \
+    if ((call) != napi_ok) {                                                     \
+      napi_throw_error(env, NULL, "qcow_fuse3: " #call " failed");               \
+      return NULL;                                                               \
+    }                                                                            \
+  } while (0)
+
+static int get_prop(napi_env env, napi_value obj, const char *key, napi_value *out) {
+  bool has = false;
+  if (napi_has_named_property(env, obj, key, &has) != napi_ok || !has) return 0;
+  if (napi_get_named_property(env, obj, key, out) != napi_ok) return 0;
+  napi_valuetype t;
+  napi_typeof(env, *out, &t);
+  return t != napi_undefined && t != napi_null;
+}
+
+static double get_num(napi_env env, napi_value obj, const char *key, double dflt) {
+  napi_value v;
+  double d;
+  if (!get_prop(env, obj, key, &v) || napi_get_value_double(env, v, &d) != napi_ok) return dflt;
+  return d;
+}
+
+static char *get_str(napi_env env, napi_value obj, const char *key) {
+  napi_value v;
+  size_t len;
+  if (!get_prop(env, obj, key, &v) || napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) return NULL;
+  char *s = malloc(len + 1);
+  if (!s) return NULL;
+  napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  return s;
+}
+
+static void call_read(napi_env env, napi_value js_cb, void *context, void *data) {
+  pending_t *p = data;
+  if (!env) return; /* tearing down: the session is destroyed, the request dies with it */
+  napi_value argv[4], undef;
+  napi_create_uint32(env, p->id, &argv[0]);
+  napi_create_double(env, (double)p->ino, &argv[1]);
+  napi_create_double(env, (double)p->off, &argv[2]);
+  napi_create_double(env, (double)p->size, &argv[3]);
+  napi_get_undefined(env, &undef);
+  napi_call_function(env, undef, js_cb, 4, argv, NULL);
+}
+
+static void call_event(napi_env env, napi_value js_cb, void *context, void *data) {
+  event_t *e = data;
+  if (env) {
+    napi_value argv[3], undef;
+    napi_create_string_utf8(env, e->kind, NAPI_AUTO_LENGTH, &argv[0]);
+    if (e->text) napi_create_string_utf8(env, e->text, NAPI_AUTO_LENGTH, &argv[1]);
+    else napi_get_null(env, &argv[1]);
+    napi_create_int32(env, e->code, &argv[2]);
+    napi_get_undefined(env, &undef);
+    napi_call_function(env, undef, js_cb, 3, argv, NULL);
+  }
+  free(e->text);
+  free(e);
+}
+
+static void free_session(session_t *s) {
+  if (!s) return;
+  for (uint64_t i = 0; i < s->nnodes; i++) {
+    free(s->nodes[i].name);
+    free(s->nodes[i].bytes);
+    free(s->nodes[i].children);
+  }
+  free(s->nodes);
+  for (uint32_t i = 0; i < s->nviews; i++) {
+    if (!s->views[i].tables) continue;
+    for (uint64_t t = 0; t < s->views[i].ntables; t++) free((void *)atomic_load(&s->views[i].tables[t]));
+    free((void *)s->views[i].tables);
+  }
+  free(s->views);
+  for (uint32_t i = 0; i < s->nfds; i++) close(s->fds[i]);
+  for (uint32_t i = 0; i < s->nslots; i++) free(s->slots[i]);
+  free(s->slots);
+  free(s->free_ids);
+  free(s->mountpoint);
+  pthread_mutex_destroy(&s->lock);
+  free(s);
+}
+
+static session_t *session_arg(napi_env env, napi_value v) {
+  session_t *s = NULL;
+  if (napi_get_value_external(env, v, (void **)&s) != napi_ok || !s) {
+    napi_throw_type_error(env, NULL, "qcow_fuse3: not a session");
+    return NULL;
+  }
+  if (s->destroyed) {
+    napi_throw_error(env, NULL, "qcow_fuse3: session destroyed");
+    return NULL;
+  }
+  return s;
+}
+
+static const char *load_tree(napi_env env, session_t *s, napi_value nodes, uint32_t uid, uint32_t gid) {
+  uint32_t count;
+  if (napi_get_array_length(env, nodes, &count) != napi_ok || count == 0) return "nodes must be a non-empty array";
+  s->nodes = calloc(count, sizeof *s->nodes);
+  if (!s->nodes) return "out of memory";
+  s->nnodes = count;
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value o, v;
+    node_t *n = &s->nodes[i];
+    napi_get_element(env, nodes, i, &o);
+    n->name = get_str(env, o, "name");
+    if (!n->name) return "node without a name";
+    n->parent = (uint64_t)get_num(env, o, "parent", 1);
+    if (n->parent < 1 || n->parent > count) return "node parent out of range";
+    n->is_dir = get_num(env, o, "dir", 0) != 0;
+    n->view = (int)get_num(env, o, "view", -1);
+    n->size = (uint64_t)get_num(env, o, "size", 0);
+    double mtime_ms = get_num(env, o, "mtimeMs", 0);
+    if (get_prop(env, o, "bytes", &v)) {
+      void *data;
+      size_t len;
+      if (napi_get_buffer_info(env, v, &data, &len) != napi_ok) return "node bytes must be a Buffer";
+      n->bytes = malloc(len ? len : 1);
+      if (!n->bytes) return "out of memory";
+      memcpy(n->bytes, data, len);
+      n->size = len;
+      n->view = -1;
+    }
+    struct stat *st = &n->st;
+    st->st_ino = i + 1;
+    st->st_mode = n->is_dir ? (S_IFDIR | 0555) : (S_IFREG | 0444);
+    st->st_nlink = 1;
+    st->st_uid = uid;
+    st->st_gid = gid;
+    st->st_size = n->is_dir ? 4096 : (off_t)n->size;
+    st->st_blksize = 128 * 1024;
+    st->st_blocks = (st->st_size + 511) / 512;
+    st->st_mtim.tv_sec = (time_t)(mtime_ms / 1000);
+    st->st_mtim.tv_nsec = (long)((mtime_ms - (double)st->st_mtim.tv_sec * 1000) * 1e6);
+    if (st->st_mtim.tv_nsec < 0) st->st_mtim.tv_nsec = 0;
+    st->st_atim = st->st_mtim;
+    st->st_ctim = st->st_mtim;
+  }
+  /* Children, in the order given; directory link counts as on disk: 2 + subfolders. */
+  for (uint32_t i = 0; i < count; i++) if (s->nodes[i].is_dir) s->nodes[i].st.st_nlink = 2;
+  for (uint32_t i = 1; i < count; i++) {
+    node_t *p = &s->nodes[s->nodes[i].parent - 1];
+    if (!p->is_dir) return "node parent is not a folder";
+    uint64_t *ch = realloc(p->children, sizeof *ch * (p->nchildren + 1));
+    if (!ch) return "out of memory";
+    p->children = ch;
+    p->children[p->nchildren++] = i + 1;
+    if (s->nodes[i].is_dir) p->st.st_nlink++;
+  }
+  if (!s->nodes[0].is_dir) return "node 1 (the root) must be a folder";
+  return NULL;
+}
+
+static const char *load_views(napi_env env, session_t *s, napi_value views) {
+  uint32_t count;
+  if (napi_get_array_length(env, views, &count) != napi_ok) return "views must be an array";
+  s->views = calloc(count ? count : 1, sizeof *s->views);
+  if (!s->views) return "out of memory";
+  s->nviews = count;
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value o;
+    view_t *v = &s->views[i];
+    napi_get_element(env, views, i, &o);
+    v->size = (uint64_t)get_num(env, o, "size", 0);
+    v->cluster_bits = (uint32_t)get_num(env, o, "clusterBits", 16);
+    v->table_bits = (uint32_t)get_num(env, o, "tableBits", 13);
+    if (v->cluster_bits < 9 || v->cluster_bits > 21 || v->table_bits > 24) return "view geometry out of range";
+    uint64_t span_bits = v->cluster_bits + v->table_bits;
+    v->ntables = span_bits >= 63 ? 1 : (v->size + ((uint64_t)1 << span_bits) - 1) >> span_bits;
+    /* A directory past 4M tables (a claimed size far beyond any L1 table) is not mapped at all. */
+    if (v->ntables > (1u << 22)) v->ntables = 1u << 22;
+    v->tables = calloc(v->ntables ? v->ntables : 1, sizeof *v->tables);
+    if (!v->tables) return "out of memory";
+  }
+  return NULL;
+}
+
+/* mount(options) -> session. options: mountPoint, fuseOptions (the -o string), threads, maxWrite,
+ * uid, gid, cacheSeconds, debug, mapLimitBytes, nodes [{name, parent, dir, size, mtimeMs, bytes?,
+ * view?}] in inode order (the root first), views [{size, clusterBits, tableBits}], fds [host files],
+ * statfs {bsize, frsize, blocks, files, namemax}, onRead(id, ino, offset, length), onEvent(kind, text, code). */
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], v;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) { napi_throw_type_error(env, NULL, "mount(options)"); return NULL; }
+  napi_value o = argv[0];
+  session_t *s = calloc(1, sizeof *s);
+  if (!s) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  pthread_mutex_init(&s->lock, NULL);
+  const char *problem = NULL;
+  char *fuse_options = NULL;
+
+  s->mountpoint = get_str(env, o, "mountPoint");
+  fuse_options = get_str(env, o, "fuseOptions");
+  s->threads = (unsigned)get_num(env, o, "threads", 3);
+  if (s->threads < 1) s->threads = 1;
+  if (s->threads > 16) s->threads = 16;
+  s->max_write = (unsigned)get_num(env, o, "maxWrite", DEFAULT_MAX_WRITE);
+  if (s->max_write < 4096) s->max_write = 4096;
+  s->cache_seconds = get_num(env, o, "cacheSeconds", 3600);
+  s->debug = get_num(env, o, "debug", 0) != 0;
+  s->map_limit = (uint64_t)get_num(env, o, "mapLimitBytes", 64.0 * 1024 * 1024);
+  uint32_t uid = (uint32_t)get_num(env, o, "uid", getuid());
+  uint32_t gid = (uint32_t)get_num(env, o, "gid", getgid());
+
+  if (!s->mountpoint || !fuse_options) problem = "mountPoint and fuseOptions are required";
+  if (!problem) {
+    if (!get_prop(env, o, "nodes", &v)) problem = "nodes are required";
+    else problem = load_tree(env, s, v, uid, gid);
+  }
+  if (!problem) {
+    if (!get_prop(env, o, "views", &v)) problem = "views are required";
+    else problem = load_views(env, s, v);
+  }
+  if (!problem && get_prop(env, o, "fds", &v)) {
+    uint32_t count;
+    napi_get_array_length(env, v, &count);
+    if (count > MAX_FDS) problem = "too many host files";
+    for (uint32_t i = 0; !problem && i < count; i++) {
+      napi_value e;
+      int32_t fd;
+      napi_get_element(env, v, i, &e);
+      if (napi_get_value_int32(env, e, &fd) != napi_ok) { problem = "fds must be numbers"; break; }
+      int own = fcntl(fd, F_DUPFD_CLOEXEC, 3); /* our own descriptor: JavaScript may close its copy */
+      if (own < 0) { problem = "cannot duplicate a host file descriptor"; break; }
+      s->fds[s->nfds++] = own;
+    }
+  }
+  for (uint64_t i = 0; !problem && i < s->nnodes; i++) {
+    if (s->nodes[i].view >= (int)s->nviews) problem = "node view out of range";
+  }
+  if (!problem && get_prop(env, o, "statfs", &v)) {
+    s->stv.f_bsize = (unsigned long)get_num(env, v, "bsize", 4096);
+    s->stv.f_frsize = (unsigned long)get_num(env, v, "frsize", 4096);
+    s->stv.f_blocks = (fsblkcnt_t)get_num(env, v, "blocks", 0);
+    s->stv.f_files = (fsfilcnt_t)get_num(env, v, "files", (double)s->nnodes);
+    s->stv.f_namemax = (unsigned long)get_num(env, v, "namemax", 255);
+  }
+  napi_value on_read, on_event, name;
+  if (!problem && (!get_prop(env, o, "onRead", &on_read) || !get_prop(env, o, "onEvent", &on_event))) problem = "onRead and onEvent are required";
+  if (problem) {
+    free(fuse_options);
+    free_session(s);
+    napi_throw_error(env, NULL, problem);
+    return NULL;
+  }
+  napi_create_string_utf8(env, "qcow-fuse3-read", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, on_read, NULL, name, 0, 1, NULL, NULL, s, call_read, &s->on_read) != napi_ok ||
+      napi_create_threadsafe_function(env, on_event, NULL, name, 0, 1, NULL, NULL, s, call_event, &s->on_event) != napi_ok) {
+    free(fuse_options);
+    free_session(s);
+    napi_throw_error(env, NULL, "cannot create thread-safe functions");
+    return NULL;
+  }
+
+  char *args_v[] = { "qcow-mount", "-o", fuse_options, NULL };
+  struct fuse_args args = FUSE_ARGS_INIT(3, args_v);
+  s->se = fuse_session_new(&args, &ops, sizeof ops, s);
+  free(fuse_options);
+  if (!s->se) problem = "fuse_session_new failed (bad options?)";
+  else if (fuse_session_mount(s->se, s->mountpoint) != 0) {
+    problem = "fuse_session_mount failed";
+    fuse_session_destroy(s->se);
+    s->se = NULL;
+  }
+  if (!problem) {
+    /* Signals stay with Node's main thread: the workers block them. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    if (pthread_create(&s->loop_thread, NULL, loop_main, s) != 0) problem = "cannot start the FUSE thread";
+    else s->loop_started = 1;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (problem) {
+      fuse_session_unmount(s->se);
+      fuse_session_destroy(s->se);
+      s->se = NULL;
+    }
+  }
+  if (problem) {
+    napi_release_threadsafe_function(s->on_read, napi_tsfn_abort);
+    napi_release_threadsafe_function(s->on_event, napi_tsfn_abort);
+    free_session(s);
+    napi_throw_error(env, NULL, problem);
+    return NULL;
+  }
+  napi_value handle;
+  CHECK(napi_create_external(env, s, NULL, NULL, &handle));
+  return handle;
+}
+
+/* reply(session, id, buffer | null, result): result >= 0 bytes of buffer, < 0 a -errno. */
+static napi_value js_reply(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  uint32_t id;
+  int64_t result;
+  CHECK(napi_get_value_uint32(env, argv[1], &id));
+  CHECK(napi_get_value_int64(env, argv[3], &result));
+  pthread_mutex_lock(&s->lock);
+  pending_t *p = id < s->nslots ? s->slots[id] : NULL;
+  if (p) {
+    s->slots[id] = NULL;
+    s->free_ids[s->nfree++] = id;
+  }
+  pthread_mutex_unlock(&s->lock);
+  if (!p) { napi_throw_error(env, NULL, "qcow_fuse3: no such pending read"); return NULL; }
+  if (result < 0) {
+    fuse_reply_err(p->req, (int)-result);
+  } else {
+    void *data = NULL;
+    size_t len = 0;
+    napi_valuetype t;
+    napi_typeof(env, argv[2], &t);
+    if (t != napi_null && t != napi_undefined) napi_get_buffer_info(env, argv[2], &data, &len);
+    if ((uint64_t)result > len) result = (int64_t)len;
+    if ((uint64_t)result > p->size) result = (int64_t)p->size;
+    fuse_reply_buf(p->req, data, (size_t)result);
+  }
+  free(p);
+  return NULL;
+}
+
+/* publish(session, view, firstCluster, Float64Array entries, slot) -> bool: each entry -1 unknown,
+ * -2 zeros, else the host offset (cluster aligned) of the cluster in host file `slot`. */
+static napi_value js_publish(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], out;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  uint32_t vi, slot;
+  double first_d;
+  CHECK(napi_get_value_uint32(env, argv[1], &vi));
+  CHECK(napi_get_value_double(env, argv[2], &first_d));
+  CHECK(napi_get_value_uint32(env, argv[4], &slot));
+  napi_typedarray_type type;
+  size_t count;
+  void *data;
+  CHECK(napi_get_typedarray_info(env, argv[3], &type, &count, &data, NULL, NULL));
+  if (type != napi_float64_array || vi >= s->nviews || slot >= s->nfds || first_d < 0) {
+    napi_throw_range_error(env, NULL, "qcow_fuse3: publish arguments out of range");
+    return NULL;
+  }
+  view_t *v = &s->views[vi];
+  const double *entries = data;
+  uint64_t first = (uint64_t)first_d;
+  uint64_t per_table = (uint64_t)1 << v->table_bits;
+  int ok = 1;
+  for (size_t i = 0; i < count; i++) {
+    double d = entries[i];
+    if (d == -1) continue;
+    uint64_t c = first + i;
+    uint64_t t = c >> v->table_bits;
+    if (t >= v->ntables) { ok = 0; break; }
+    _Atomic uint64_t *table = atomic_load_explicit(&v->tables[t], memory_order_acquire);
+    if (!table) {
+      uint64_t bytes = per_table * sizeof(uint64_t);
+      if (atomic_load(&s->map_bytes) + bytes > s->map_limit) { ok = 0; break; }
+      _Atomic uint64_t *fresh = calloc(per_table, sizeof(uint64_t));
+      if (!fresh) { ok = 0; break; }
+      _Atomic uint64_t *expected = NULL;
+      if (atomic_compare_exchange_strong_explicit(&v->tables[t], &expected, fresh, memory_order_acq_rel, memory_order_acquire)) {
+        atomic_fetch_add(&s->map_bytes, bytes);
+        table = fresh;
+      } else {
+        free((void *)fresh);
+        table = expected;
+      }
+    }
+    uint64_t e;
+    if (d == -2) e = KIND_ZERO;
+    else if (d >= 0 && d < 9007199254740992.0 && ((uint64_t)d & ~HOST_MASK) == 0) e = ((uint64_t)d & HOST_MASK) | ((uint64_t)slot << SLOT_SHIFT) | KIND_DATA;
+    else continue;
+    atomic_store_explicit(&table[c & (per_table - 1)], e, memory_order_release);
+  }
+  napi_get_boolean(env, ok, &out);
+  return out;
+}
+
+/* stats(session) -> {nativeReads, jsReads, nativeBytes, mapBytes} */
+static napi_value js_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out, v;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  napi_create_object(env, &out);
+  napi_create_double(env, (double)atomic_load(&s->native_reads), &v);
+  napi_set_named_property(env, out, "nativeReads", v);
+  napi_create_double(env, (double)atomic_load(&s->js_reads), &v);
+  napi_set_named_property(env, out, "jsReads", v);
+  napi_create_double(env, (double)atomic_load(&s->native_bytes), &v);
+  napi_set_named_property(env, out, "nativeBytes", v);
+  napi_create_double(env, (double)atomic_load(&s->map_bytes), &v);
+  napi_set_named_property(env, out, "mapBytes", v);
+  return out;
+}
+
+/* destroy(session): after the "ended" event (the kernel ended the session: unmounted), it joins the
+ * FUSE thread and frees the session. Called while the session still runs, it detaches the mount and
+ * answers nothing more, but leaves the threads (and the memory they use) to the exiting process. */
+static napi_value js_destroy(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  s->destroyed = 1;
+  if (!atomic_load(&s->loop_ended)) {
+    fuse_session_exit(s->se);
+    fuse_session_unmount(s->se); /* lazy: the kernel ends the session once nothing is open there */
+    napi_unref_threadsafe_function(env, s->on_read);
+    napi_unref_threadsafe_function(env, s->on_event);
+    return NULL;
+  }
+  pthread_join(s->loop_thread, NULL);
+  s->loop_joined = 1;
+  /* Reads still waiting for JavaScript are answered with EIO before the channel goes. */
+  pthread_mutex_lock(&s->lock);
+  for (uint32_t i = 0; i < s->nslots; i++) {
+    if (s->slots[i]) {
+      fuse_reply_err(s->slots[i]->req, EIO);
+      free(s->slots[i]);
+      s->slots[i] = NULL;
+    }
+  }
+  pthread_mutex_unlock(&s->lock);
+  fuse_session_unmount(s->se);
+  fuse_session_destroy(s->se);
+  s->se = NULL;
+  /* No thread can call them any more: the workers are gone. */
+  napi_release_threadsafe_function(s->on_read, napi_tsfn_abort);
+  napi_release_threadsafe_function(s->on_event, napi_tsfn_abort);
+  return NULL;
+}
+
+/* unref(session): the mount no longer keeps the event loop alive (the daemon keeps itself alive). */
+static napi_value js_unref(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  session_t *s = session_arg(env, argv[0]);
+  if (!s) return NULL;
+  napi_unref_threadsafe_function(env, s->on_read);
+  napi_unref_threadsafe_function(env, s->on_event);
+  return NULL;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor props[] = {
+    { "mount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL },
+    { "reply", NULL, js_reply, NULL, NULL, NULL, napi_default, NULL },
+    { "publish", NULL, js_publish, NULL, NULL, NULL, napi_default, NULL },
+    { "stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL },
+    { "destroy", NULL, js_destroy, NULL, NULL, NULL, napi_default, NULL },
+    { "unref", NULL, js_unref, NULL, NULL, NULL, napi_default, NULL },
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_value v;
+  napi_create_uint32(env, DEFAULT_MAX_WRITE, &v);
+  napi_set_named_property(env, exports, "defaultMaxWrite", v);
+  return exports;
+}
