@@ -55,6 +55,7 @@ typedef struct {
 
 typedef struct {
   char *name;
+  char *path; /* for -d log lines, in the compat back-end's words */
   uint64_t parent; /* ino */
   int is_dir;
   int view; /* -1: bytes or no map */
@@ -177,7 +178,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
     node_t *c = node_of(s, p->children[i]);
     if (c && strcmp(c->name, name) == 0) {
       fill_entry(s, c, &e);
-      debug_log(s, "lookup(%s in %llu) -> ino %llu", name, (unsigned long long)parent, (unsigned long long)e.ino);
+      debug_log(s, "getattr(%s) -> 0 [lookup]", c->path);
       fuse_reply_entry(req, &e);
       return;
     }
@@ -185,14 +186,14 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
   /* Negative entry, cached as long as the rest: the tree never changes. */
   memset(&e, 0, sizeof e);
   e.entry_timeout = s->cache_seconds;
-  debug_log(s, "lookup(%s in %llu) -> ENOENT", name, (unsigned long long)parent);
+  debug_log(s, "getattr(%s%s%s) -> ENOENT [lookup]", strcmp(p->path, "/") ? p->path : "", "/", name);
   fuse_reply_entry(req, &e);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   session_t *s = fuse_req_userdata(req);
   node_t *n = node_of(s, ino);
-  debug_log(s, "getattr(ino %llu) -> %s", (unsigned long long)ino, n ? "0" : "ENOENT");
+  if (n) debug_log(s, "getattr(%s) -> 0", n->path);
   if (!n) { fuse_reply_err(req, ENOENT); return; }
   fuse_reply_attr(req, &n->st, s->cache_seconds);
 }
@@ -208,8 +209,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
   if (!n) err = ENOENT;
   else if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) err = EROFS;
   else if (n->is_dir) err = EISDIR;
-  debug_log(s, "open(%s, flags 0x%x) -> %s", n ? n->name : "?", fi->flags, err ? strerror(err) : "0");
-  if (err) { fuse_reply_err(req, err); return; }
+  if (err) {
+    if (n) debug_log(s, "open(%s, %d) -> %s", n->path, fi->flags, err == EROFS ? "EROFS" : err == EISDIR ? "EISDIR" : "ENOENT");
+    fuse_reply_err(req, err);
+    return;
+  }
+  debug_log(s, "open(%s, %d) -> 0 fh=%llu", n->path, fi->flags, (unsigned long long)ino);
   fi->fh = ino;
   fi->keep_cache = 1; /* nothing changes while mounted: keep the page cache across opens */
   fuse_reply_open(req, fi);
@@ -253,7 +258,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
     if (need > size - used) break;
     used += need;
   }
-  debug_log(s, "readdir(%s, off %lld) -> %zu bytes", n->name, (long long)off, used);
+  debug_log(s, "readdir(%s, offset %lld) -> 0 [%zu bytes]", n->path, (long long)off, used);
   fuse_reply_buf(req, buf, used);
   free(buf);
 }
@@ -386,8 +391,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
   uint64_t len = (uint64_t)off >= n->size ? 0 : n->size - (uint64_t)off;
   if (len > size) len = size;
   if (len == 0) { fuse_reply_buf(req, NULL, 0); return; }
+  if (s->debug) { to_js(s, req, ino, (uint64_t)off, len); return; } /* logged there, as in compat */
   if (n->bytes) { fuse_reply_buf(req, n->bytes + off, len); return; }
-  if (n->view >= 0 && !s->debug && serve_mapped(s, req, &s->views[n->view], (uint64_t)off, len)) return;
+  if (n->view >= 0 && serve_mapped(s, req, &s->views[n->view], (uint64_t)off, len)) return;
   to_js(s, req, ino, (uint64_t)off, len);
 }
 
@@ -504,6 +510,7 @@ static void free_session(session_t *s) {
   if (!s) return;
   for (uint64_t i = 0; i < s->nnodes; i++) {
     free(s->nodes[i].name);
+    free(s->nodes[i].path);
     free(s->nodes[i].bytes);
     free(s->nodes[i].children);
   }
@@ -547,7 +554,8 @@ static const char *load_tree(napi_env env, session_t *s, napi_value nodes, uint3
     node_t *n = &s->nodes[i];
     napi_get_element(env, nodes, i, &o);
     n->name = get_str(env, o, "name");
-    if (!n->name) return "node without a name";
+    n->path = get_str(env, o, "path");
+    if (!n->name || !n->path) return "node without a name or path";
     n->parent = (uint64_t)get_num(env, o, "parent", 1);
     if (n->parent < 1 || n->parent > count) return "node parent out of range";
     n->is_dir = get_num(env, o, "dir", 0) != 0;

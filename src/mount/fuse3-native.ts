@@ -139,7 +139,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
     if (n.ino !== i + 1) throw new Error(`internal: node ${n.path} has inode ${n.ino}, expected ${i + 1}`);
     const parent = n.path === '/' ? 1 : tree.lookup(n.path.slice(0, n.path.lastIndexOf('/')) || '/')!.ino;
     const name = n.path === '/' ? '/' : n.path.slice(n.path.lastIndexOf('/') + 1);
-    const base = { name, parent, mtimeMs: n.mtime.getTime() };
+    const base = { name, path: n.path, parent, mtimeMs: n.mtime.getTime() };
     if (n.kind === 'dir') return { ...base, dir: 1 };
     byIno[n.ino] = n;
     if (n.kind === 'bytes') return { ...base, size: n.size, bytes: n.bytes };
@@ -156,6 +156,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
 
   let session: unknown;
   let open = true;
+  let finalStats: NativeStats | undefined;
   let initDone: ((minor: number) => void) | undefined;
   let endedDone: (() => void) | undefined;
   const ended = new Promise<void>((resolve) => (endedDone = resolve));
@@ -203,6 +204,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
     else if (kind === 'ended') {
       open = false;
       try {
+        finalStats = a.stats(session);
         a.destroy(session);
       } catch {
         // destroyed already
@@ -249,7 +251,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
     optionString: `${optionString},max_write=${maxWrite},threads=${options.threads ?? 3}${readAhead > 0 ? `,read_ahead_kb=${readAhead}` : ''}`,
     ended,
     sessionOpen: () => open,
-    stats: () => a.stats(session),
+    stats: () => finalStats ?? a.stats(session),
     publish: (node, first, entries, slot) => {
       const view = viewOf.get(node.ino);
       return view !== undefined && open && publishers[view]!(first, entries, slot);
