@@ -3,7 +3,7 @@ import type { MountOptions } from '../mount/options.js';
 import { parseSize } from '../units.js';
 
 /** The `-o` options qcow-mount knows; anything else is refused by name. */
-export const KNOWN_MOUNT_OPTIONS = ['allow_other', 'uid=N', 'gid=N', 'ro', 'l2_cache_size=BYTES', 'cluster_cache_size=BYTES', 'remote_cache_size=BYTES'] as const;
+export const KNOWN_MOUNT_OPTIONS = ['allow_other', 'uid=N', 'gid=N', 'ro', 'l2_cache_size=BYTES', 'cluster_cache_size=BYTES', 'remote_cache_size=BYTES', 'fuse=native|compat'] as const;
 
 function usage(message: string): CliError {
   return new CliError(message, EXIT.USAGE);
@@ -58,6 +58,10 @@ export function parseMountOptions(lists: readonly string[], into: MountOptions =
         case 'remote_cache_size':
           if (value === undefined || value === '') throw usage('mount option remote_cache_size needs a size (remote_cache_size=BYTES, K/M/G suffixes allowed)');
           into.remoteCacheBytes = parseSize(value, 'remote_cache_size');
+          break;
+        case 'fuse':
+          if (value !== 'native' && value !== 'compat') throw usage(`mount option fuse needs native or compat (fuse=native|compat), got "${item}"`);
+          into.fuse = value;
           break;
         default:
           throw usage(`unknown mount option "${name}" (known: ${KNOWN_MOUNT_OPTIONS.join(', ')})`);

@@ -4,7 +4,9 @@ import { openImageSync } from '../image.js';
 import type { QcowImage, RemoteOpenOptions } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
 import { mountFuse } from './fuse-adapter.js';
-import { type Logger, createFuseOps } from './fuse-ops.js';
+import { mountNative, nativeFuseAvailable, nativeFuseProblem } from './fuse3-native.js';
+import { HostSlots, qcow2Mapper } from './native-maps.js';
+import { type FuseStatfs, type Logger, createFuseOps } from './fuse-ops.js';
 import type { MountOptions } from './options.js';
 import { mountProblem } from './preflight.js';
 import {
@@ -51,6 +53,20 @@ function inflateThreads(): number {
   const set = process.env.QCOW_MOUNT_INFLATE_THREADS;
   if (set !== undefined && set !== '' && Number.isInteger(Number(set))) return Math.max(0, Number(set));
   return Math.min(4, Math.max(1, os.availableParallelism()));
+}
+
+/**
+ * The FUSE back-end to mount with: `-o fuse=`, else $QCOW_MOUNT_FUSE, else native when the addon is
+ * built (compat, with one warning line, when it is not). Asking for native without the addon fails.
+ */
+function fuseBackend(option: 'native' | 'compat' | undefined, logger: Logger): 'native' | 'compat' | { problem: string } {
+  const env = process.env.QCOW_MOUNT_FUSE;
+  const wanted = option ?? (env === 'native' || env === 'compat' ? env : undefined);
+  if (wanted === 'compat') return 'compat';
+  if (nativeFuseAvailable()) return 'native';
+  if (wanted === 'native') return { problem: `-o fuse=native: ${nativeFuseProblem()}` };
+  logger.log(`warning: ${nativeFuseProblem()}; using fuse-native (-o fuse=compat)`);
+  return 'compat';
 }
 
 /** How often the daemon checks that its mount and its FUSE session are still there. */
@@ -117,9 +133,37 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   const ops = createFuseOps(tree, { uid, gid, debug: config.debug, logger });
   const fdsBefore = new Set(fuseDeviceFds());
 
+  const backend = fuseBackend(config.options.fuse, logger);
+  if (typeof backend !== 'string') {
+    image.close();
+    hooks.failed(backend.problem, EXIT.MOUNT);
+    return;
+  }
   let optionString: string;
+  let nativeOpen: (() => boolean) | undefined;
   try {
-    ({ optionString } = await mountFuse(config.mountPoint, ops, { allowOther: config.options.allowOther, fsname: image.path }));
+    if (backend === 'native') {
+      const slots = new HostSlots();
+      let statfs: FuseStatfs | undefined;
+      ops.statfs('/', (_code, value) => (statfs = value));
+      const mounted = await mountNative(config.mountPoint, tree, {
+        allowOther: config.options.allowOther,
+        fsname: image.path,
+        uid,
+        gid,
+        debug: config.debug,
+        logger,
+        hostFds: slots.fds,
+        mapperFor: (node) => qcow2Mapper(node, slots),
+        read: ops.read.bind(ops),
+        statfs: statfs!,
+      });
+      optionString = `${mounted.optionString} (native)`;
+      nativeOpen = mounted.sessionOpen;
+    } else {
+      ({ optionString } = await mountFuse(config.mountPoint, ops, { allowOther: config.options.allowOther, fsname: image.path }));
+      optionString += ' (compat)';
+    }
   } catch (err) {
     // A mount that half-happened (kernel mounted, INIT never came) must not stay behind.
     const stale = findMount(config.mountPoint);
@@ -170,6 +214,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
     return now !== undefined && (entry === undefined || now.id === entry.id);
   };
   const sessionOpen = () => {
+    if (nativeOpen) return nativeOpen();
     if (sessionFds.length === 0) return mountedNow();
     const open = new Set(fuseDeviceFds());
     return sessionFds.some((fd) => open.has(fd));

@@ -11,4 +11,6 @@ export interface MountOptions {
   clusterCacheBytes?: number;
   /** Bytes of fetched blocks kept in memory, for an image read over HTTP(S). */
   remoteCacheBytes?: number;
+  /** FUSE back-end: the native libfuse 3 addon, or fuse-native (default: native when built). */
+  fuse?: 'native' | 'compat';
 }
