@@ -82,7 +82,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--workloads') a.workloads = new Set(v().split(','));
     else if (k === '--help' || k === '-h') {
       process.stdout.write(
-        `npm run bench -- [--quick] [--rounds N] [--seconds S] [--seq-mib N] [--only ${SECTIONS.join(',')}] [--skip ...] [--out PATH-WITHOUT-EXTENSION] [--wait-quiet MINUTES] [--peers ours,qcowmount,qsd,passthrough] [--workloads seq-1m,seq-128k,dd-1m,rand-4k-1,rand-4k-4,rand-64k]\n`,
+        `npm run bench -- [--quick] [--rounds N] [--seconds S] [--seq-mib N] [--only ${SECTIONS.join(',')}] [--skip ...] [--out PATH-WITHOUT-EXTENSION] [--wait-quiet MINUTES] [--peers ours,compat,qcowmount,qsd,passthrough] [--workloads seq-1m,seq-128k,dd-1m,rand-4k-1,rand-4k-4,rand-64k]\n`,
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${k} (see --help)`);
@@ -150,6 +150,11 @@ interface Scenario {
 }
 
 function scenarios(set: ImageSet): Scenario[] {
+  // Every view qcow-mount serves is measured on both its back-ends: native (ours) and compat.
+  return baseScenarios(set).map((sc) => (sc.targets.ours ? { ...sc, targets: { ...sc.targets, compat: { ...sc.targets.ours } } } : sc));
+}
+
+function baseScenarios(set: ImageSet): Scenario[] {
   const W = WORKLOADS;
   return [
     {

@@ -86,6 +86,7 @@ typedef struct session {
   unsigned max_write;
   double cache_seconds;
   int debug;
+  int splice;
 
   node_t *nodes;
   uint64_t nnodes;
@@ -160,7 +161,8 @@ static void fill_entry(session_t *s, node_t *n, struct fuse_entry_param *e) {
 
 static void op_init(void *userdata, struct fuse_conn_info *conn) {
   session_t *s = userdata;
-  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  if (s->splice && (conn->capable & FUSE_CAP_SPLICE_WRITE)) conn->want |= FUSE_CAP_SPLICE_WRITE;
+  if (!s->splice) conn->want &= ~FUSE_CAP_SPLICE_WRITE;
   conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_MOVE); /* splice reads cost ~40% of random IOPS */
   conn->max_write = s->max_write; /* libfuse derives max_pages from it */
   emit(s, "init", NULL, (int)conn->proto_minor);
@@ -651,6 +653,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   if (s->max_write < 4096) s->max_write = 4096;
   s->cache_seconds = get_num(env, o, "cacheSeconds", 3600);
   s->debug = get_num(env, o, "debug", 0) != 0;
+  s->splice = get_num(env, o, "splice", 1) != 0;
   s->map_limit = (uint64_t)get_num(env, o, "mapLimitBytes", 64.0 * 1024 * 1024);
   uint32_t uid = (uint32_t)get_num(env, o, "uid", getuid());
   uint32_t gid = (uint32_t)get_num(env, o, "gid", getgid());

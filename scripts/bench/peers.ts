@@ -1,6 +1,8 @@
 /**
  * Mounting the four file systems the bench compares, each serving one view as one file:
- * - ours: qcow-mount (dist/cli/qcow-mount.js, background mode), file active.raw or snapshots/NAME.raw
+ * - ours: qcow-mount (dist/cli/qcow-mount.js, background mode) with its native back-end (-o fuse=native),
+ *   file active.raw or snapshots/NAME.raw
+ * - compat: the same with the fuse-native back-end (-o fuse=compat)
  * - qcowmount: libqcow's FUSE mount (C, libfuse2), file qcow1 (the active disk only; no zstd, no backing)
  * - qsd: qemu-storage-daemon's FUSE export (C, libfuse3) of the image, on a regular file
  * - passthrough: scripts/bench/passthrough.mjs, a raw file through fuse-native (the Node ceiling)
@@ -13,8 +15,8 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { REPO, WORK, findPids, isMounted, log, memOf, pidAlive, run, sleep, stopPid, track, trackMount, trackPid, unmountSync, untrackMount, untrackPid } from './util.js';
 
-export type PeerName = 'ours' | 'qcowmount' | 'qsd' | 'passthrough';
-export const PEERS: PeerName[] = ['ours', 'qcowmount', 'qsd', 'passthrough'];
+export type PeerName = 'ours' | 'compat' | 'qcowmount' | 'qsd' | 'passthrough';
+export const PEERS: PeerName[] = ['ours', 'compat', 'qcowmount', 'qsd', 'passthrough'];
 
 export interface Mounted {
   peer: PeerName;
@@ -80,7 +82,9 @@ async function waitForFile(file: string, timeoutMs: number, alive: () => boolean
 export async function mountPeer(peer: PeerName, req: MountRequest): Promise<Mounted> {
   switch (peer) {
     case 'ours':
-      return mountOurs(req);
+      return mountOurs({ ...req, oursArgs: ['-o', 'fuse=native', ...(req.oursArgs ?? [])] }, 'ours');
+    case 'compat':
+      return mountOurs({ ...req, tag: `${req.tag}-compat`, oursArgs: ['-o', 'fuse=compat', ...(req.oursArgs ?? [])] }, 'compat');
     case 'qcowmount':
       return mountQcowmount(req);
     case 'qsd':
@@ -90,8 +94,8 @@ export async function mountPeer(peer: PeerName, req: MountRequest): Promise<Moun
   }
 }
 
-async function mountOurs(req: MountRequest): Promise<Mounted> {
-  const mnt = freshDir(`ours-${req.tag}`);
+async function mountOurs(req: MountRequest, peer: 'ours' | 'compat'): Promise<Mounted> {
+  const mnt = freshDir(`${peer}-${req.tag}`);
   const env = { ...process.env, ...req.oursEnv, QCOW_MOUNT_STATE_DIR: STATE };
   trackMount(mnt);
   const t0 = process.hrtime.bigint();
@@ -108,7 +112,7 @@ async function mountOurs(req: MountRequest): Promise<Mounted> {
   await waitForFile(file, 10_000, () => true);
   const mountMs = Number(process.hrtime.bigint() - t0) / 1e6;
   return {
-    peer: 'ours',
+    peer,
     file,
     pid: pid ?? 0,
     mountMs,

@@ -59,8 +59,14 @@ export interface BenchResults {
   durationSeconds: number;
 }
 
-const PEER_TITLE: Record<PeerName, string> = { ours: 'qcow-mount', qcowmount: 'qcowmount', qsd: 'qemu-storage-daemon', passthrough: 'fuse-native passthrough' };
-const OTHERS: PeerName[] = ['qcowmount', 'qsd', 'passthrough'];
+const PEER_TITLE: Record<PeerName, string> = {
+  ours: 'qcow-mount (native)',
+  compat: 'qcow-mount (compat: fuse-native)',
+  qcowmount: 'qcowmount',
+  qsd: 'qemu-storage-daemon',
+  passthrough: 'fuse-native passthrough',
+};
+const OTHERS: PeerName[] = ['compat', 'qcowmount', 'qsd', 'passthrough'];
 
 /** Median over rounds of ours/peer, paired round by round (same round, same conditions). */
 export function ratio(values: Partial<Record<PeerName, number[]>>, peer: PeerName): { med: number; min: number; max: number } | undefined {
@@ -121,6 +127,17 @@ export function goals(r: BenchResults): Goal[] {
   add('Random 4 KiB, 4 readers >= 1.0x qemu-storage-daemon', 'full', 'rand-4k-4', 'qsd', 1.0);
   add('Random 4 KiB, 1 reader: as close to qcowmount as the design allows', 'full', 'rand-4k-1', 'qcowmount', 1.0, true);
   add('Random 4 KiB, 4 readers: as close to qcowmount as the design allows', 'full', 'rand-4k-4', 'qcowmount', 1.0, true);
+  // The native back-end (issue 14): the data path in C.
+  for (const sc of ['full', 'snapshot']) {
+    add(`Native: sequential 1 MiB (${sc === 'full' ? 'active.raw' : 'a snapshot'}) >= 1.5x qcowmount`, sc, 'seq-1m', 'qcowmount', 1.5);
+  }
+  add('Native: dd 1 MiB (active.raw) >= 1.5x qcowmount', 'full', 'dd-1m', 'qcowmount', 1.5);
+  add('Native: random 4 KiB, 1 reader >= 2x qcowmount', 'full', 'rand-4k-1', 'qcowmount', 2.0);
+  add('Native: random 4 KiB, 4 readers >= 2x qcowmount', 'full', 'rand-4k-4', 'qcowmount', 2.0);
+  add('Native: random 4 KiB, 1 reader >= 2x qcowmount (snapshot)', 'snapshot', 'rand-4k-1', 'qcowmount', 2.0);
+  add('Native: fragmented sequential >= 1.2x qcowmount', 'frag', 'seq-1m', 'qcowmount', 1.2);
+  add('Native: zlib sequential no slower than compat', 'zlib', 'seq-1m', 'compat', 0.95);
+  add('Native: zstd sequential no slower than compat', 'zstd', 'seq-1m', 'compat', 0.95);
   add('zlib sequential >= 1.0x qcowmount', 'zlib', 'seq-1m', 'qcowmount', 1.0);
   add('zlib sequential >= 1.0x qemu-storage-daemon', 'zlib', 'seq-1m', 'qsd', 1.0);
   add('zstd sequential >= 1.0x qemu-storage-daemon', 'zstd', 'seq-1m', 'qsd', 1.0);

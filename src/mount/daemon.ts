@@ -69,6 +69,24 @@ function fuseBackend(option: 'native' | 'compat' | undefined, logger: Logger): '
   return 'compat';
 }
 
+/**
+ * The native back-end's knobs, for measuring what each buys (bench/NOTES.md): QCOW_MOUNT_FUSE_THREADS,
+ * QCOW_MOUNT_FUSE_MAX_WRITE_KB, QCOW_MOUNT_FUSE_READAHEAD_KB (0: the kernel's 128), QCOW_MOUNT_FUSE_SPLICE=0.
+ */
+function nativeKnobs(): { threads?: number; maxWrite?: number; readAheadKb?: number; splice?: boolean } {
+  const num = (name: string) => {
+    const v = process.env[name];
+    return v !== undefined && v !== '' && Number.isInteger(Number(v)) && Number(v) >= 0 ? Number(v) : undefined;
+  };
+  const kb = num('QCOW_MOUNT_FUSE_MAX_WRITE_KB');
+  return {
+    threads: num('QCOW_MOUNT_FUSE_THREADS'),
+    maxWrite: kb === undefined ? undefined : kb * 1024,
+    readAheadKb: num('QCOW_MOUNT_FUSE_READAHEAD_KB'),
+    splice: process.env.QCOW_MOUNT_FUSE_SPLICE !== '0',
+  };
+}
+
 /** How often the daemon checks that its mount and its FUSE session are still there. */
 const WATCH_INTERVAL_MS = 250;
 
@@ -155,6 +173,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
         logger,
         hostFds: slots.fds,
         mapperFor: (node) => qcow2Mapper(node, slots),
+        ...nativeKnobs(),
         read: ops.read.bind(ops),
         statfs: statfs!,
       });

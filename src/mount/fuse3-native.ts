@@ -84,6 +84,8 @@ export interface NativeMountOptions {
   maxWrite?: number;
   /** The mount's bdi read_ahead_kb (default 1024; 0 leaves the kernel's). Needs root. */
   readAheadKb?: number;
+  /** Reply with host data spliced from the host file (default); false: copied through a buffer. */
+  splice?: boolean;
   /** Every request through JS, logged (the compat back-end's -d). */
   debug?: boolean;
   logger: Logger;
@@ -222,6 +224,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
     gid: options.gid,
     cacheSeconds: cache,
     debug: options.debug ? 1 : 0,
+    splice: options.splice === false ? 0 : 1,
     mapLimitBytes: options.mapLimitBytes ?? 64 * 1024 * 1024,
     nodes: list,
     views,
@@ -248,7 +251,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
 
   return {
     mountPoint,
-    optionString: `${optionString},max_write=${maxWrite},threads=${options.threads ?? 3}${readAhead > 0 ? `,read_ahead_kb=${readAhead}` : ''}`,
+    optionString: `${optionString},max_write=${maxWrite},threads=${options.threads ?? 3}${readAhead > 0 ? `,read_ahead_kb=${readAhead}` : ''}${options.splice === false ? ',no_splice' : ''}`,
     ended,
     sessionOpen: () => open,
     stats: () => finalStats ?? a.stats(session),
