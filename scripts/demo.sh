@@ -11,6 +11,9 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v sfdisk >/dev/null || need+=(fdisk)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 ldconfig -p | grep -q 'libfuse\.so\.2 ' || need+=(libfuse2)
+# The native FUSE back-end (built by npm ci): libfuse 3 headers, pkg-config and a C toolchain.
+pkg-config --exists fuse3 2>/dev/null || need+=(libfuse3-dev pkg-config)
+command -v make >/dev/null && command -v cc >/dev/null || need+=(make gcc)
 if [ ${#need[@]} -gt 0 ]; then
   echo "demo: installing ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo

@@ -4,7 +4,7 @@ import { openImageSync } from '../image.js';
 import type { QcowImage, RemoteOpenOptions } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
 import { mountFuse } from './fuse-adapter.js';
-import { mountNative, nativeFuseAvailable, nativeFuseProblem } from './fuse3-native.js';
+import { type NativeStats, mountNative, nativeFuseAvailable, nativeFuseProblem } from './fuse3-native.js';
 import { HostSlots, qcow2Mapper } from './native-maps.js';
 import { type FuseStatfs, type Logger, createFuseOps } from './fuse-ops.js';
 import type { MountOptions } from './options.js';
@@ -159,6 +159,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   }
   let optionString: string;
   let nativeOpen: (() => boolean) | undefined;
+  let nativeStats: (() => NativeStats) | undefined;
   try {
     if (backend === 'native') {
       const slots = new HostSlots();
@@ -179,6 +180,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
       });
       optionString = `${mounted.optionString} (native)`;
       nativeOpen = mounted.sessionOpen;
+      nativeStats = mounted.stats;
     } else {
       ({ optionString } = await mountFuse(config.mountPoint, ops, { allowOther: config.options.allowOther, fsname: image.path }));
       optionString += ' (compat)';
@@ -214,7 +216,9 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   let stopping = false;
   let detachedLogged = false;
   const finish = (code: number, why: string): never => {
-    logger.log(`${why}; exiting (${ops.failedReads()} failed reads)`);
+    const n = nativeStats?.();
+    const served = n ? `; ${n.nativeReads} reads served natively, ${n.jsReads} through JS` : '';
+    logger.log(`${why}; exiting (${ops.failedReads()} failed reads${served})`);
     if (image.remote) {
       const r = image.remote.stats();
       logger.log(`remote ${image.remote.url}: ${r.requests} requests, ${r.bytesFetched} bytes fetched, ${r.retries} retries, ${r.failures} failures; cache ${r.hits} hits, ${r.misses} misses, ${r.readAhead} blocks read ahead, ${r.cacheBytes} of ${r.cacheLimit} bytes`);

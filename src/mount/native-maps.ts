@@ -33,6 +33,8 @@ export function qcow2Mapper(node: DiskNode, slots: HostSlots): ViewMapper | unde
   const disk = node.disk;
   if (!(disk instanceof Qcow2Disk)) return undefined;
   const meta = disk.meta;
+  // Encrypted clusters are decrypted in JS: never map an encrypted image's host bytes.
+  if (meta.header.cryptMethod !== 'none') return undefined;
   if (!(meta.dataFile instanceof HostFile) || disk.origin % meta.clusterSize !== 0) return undefined;
   const slot = slots.slotOf(meta.dataFile);
   if (slot === undefined) return undefined;
