@@ -2,7 +2,12 @@
 # Builds qcow-mount's native FUSE back-end (npm runs this on install). It needs libfuse3-dev,
 # pkg-config, make and a C compiler; without them the build is skipped with one line and mounts use
 # fuse-native (-o fuse=compat) instead.
+# --if-stale (npm run build): only when the addon is missing or older than its sources.
 cd "$(dirname "$0")" || exit 0
+if [ "${1:-}" = "--if-stale" ] && [ -f build/Release/qcow_fuse3.node ] &&
+  [ -z "$(find src binding.gyp -newer build/Release/qcow_fuse3.node 2>/dev/null)" ]; then
+  exit 0
+fi
 set --
 # Node's own headers when it ships them (Debian, NodeSource, official tarballs): no download.
 nodedir=$(dirname "$(dirname "$(command -v node)")")

@@ -116,6 +116,7 @@ function serialiseOptions(o: MountOptions): string {
   if (o.l2CacheBytes !== undefined) parts.push(`l2_cache_size=${o.l2CacheBytes}`);
   if (o.clusterCacheBytes !== undefined) parts.push(`cluster_cache_size=${o.clusterCacheBytes}`);
   if (o.remoteCacheBytes !== undefined) parts.push(`remote_cache_size=${o.remoteCacheBytes}`);
+  if (o.fuse !== undefined) parts.push(`fuse=${o.fuse}`);
   return parts.join(',');
 }
 
