@@ -81,4 +81,22 @@ describe.skipIf(!ready)('native back-end on QEMU images', () => {
       else expect(native).toBeGreaterThan(js);
     });
   }
+
+  it('-o fuse=native|compat picks the back-end (it says which in its log); anything else is refused', () => {
+    const fx = loadManifest().images.find((i) => i.name === 'v3-c64k')!;
+    for (const backend of ['native', 'compat']) {
+      const mnt = scratch.mountPoint(backend);
+      const log = scratch.path(`pick-${backend}.log`);
+      scratch.mount(fixturePath(fx.image), mnt, ['-o', `fuse=${backend}`, '--log', log]);
+      try {
+        expect(fs.readFileSync(path.join(mnt, 'active.raw')).subarray(0, 4096).equals(oracleBytes(fx.views[0]!.oracle!, 4096))).toBe(true);
+        expect(fs.readFileSync(log, 'utf8')).toMatch(new RegExp(`serving .*fuse options .*\\(${backend}\\)`));
+      } finally {
+        expect(scratch.unmount(mnt).status).toBe(0);
+      }
+    }
+    const r = scratch.cli(['-o', 'fuse=kernel', fixturePath(fx.image), scratch.mountPoint('bad')]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/mount option fuse needs native or compat/);
+  });
 });
