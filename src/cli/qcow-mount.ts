@@ -57,6 +57,8 @@ Mount options (-o, comma-separated; several -o add up):
   l2_cache_size=SIZE         L2 table cache (default 32M); K, M, G suffixes
   cluster_cache_size=SIZE    decompressed cluster cache (default 32M)
   remote_cache_size=SIZE     for an http(s) URL: cache of fetched blocks (default 256M)
+  fuse=native|compat         FUSE back-end: native (libfuse 3 addon; the default when built) or
+                             compat (fuse-native); $QCOW_MOUNT_FUSE sets the default
 
 An image given by http(s) URL is read with Range requests (presigned S3/GCS/Azure URLs work as
 given); its backing files resolve against the URL. --header and the URL's credentials and query

@@ -24,6 +24,15 @@ export class ClusterReader {
     return this.caches.inflater !== undefined;
   }
 
+  /**
+   * Whether a data run's guest bytes are its host bytes as stored, untransformed. The native FUSE
+   * back-end splices such runs from the data file itself, bypassing readData: anything that makes
+   * readData transform bytes (decryption) must make this false.
+   */
+  get servesHostBytes(): boolean {
+    return true;
+  }
+
   /** Reads `length` bytes of a data run at host offset `host` into `into[dst..]`. */
   readData(into: Uint8Array, dst: number, length: number, host: number): void {
     this.dataFile.readAt(into, dst, length, host, 'guest data');

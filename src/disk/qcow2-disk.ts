@@ -20,7 +20,8 @@ export class Qcow2Disk implements Disk {
   constructor(
     readonly map: Qcow2Map,
     readonly reader: ClusterReader,
-    private readonly l1: () => Float64Array,
+    /** The view's L1 table (loaded on first use). */
+    readonly l1: () => Float64Array,
     readonly size: number,
     readonly backing: Disk | undefined,
     /** 0 for the top image of the chain, 1 for its backing file, and so on (for extents). */

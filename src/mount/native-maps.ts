@@ -1,12 +1,12 @@
 /**
- * What the native back-end may serve by itself: for a disk file whose top layer is a qcow2 file read
- * from a local host file, the map of each table of clusters the reads touch, built from the same
- * translation JavaScript reads with (data and zero runs only; compressed clusters, backing files and
- * anything that fails to translate stay with JavaScript).
+ * What the native back-end may serve by itself: for a disk file whose top layer is a qcow2 file whose
+ * data runs are plain bytes in a local host file, the map of each table of clusters the reads touch,
+ * built with the same translation JavaScript reads with (data and zero runs only; compressed clusters,
+ * backing files and entries that fail to translate stay with JavaScript).
  */
 import { Qcow2Disk } from '../disk/qcow2-disk.js';
 import { HostFile } from '../io/host-file.js';
-import { walkRange } from '../translate/walk.js';
+import { Run, RunKind } from '../translate/qcow2-map.js';
 import type { ViewMapper } from './fuse3-native.js';
 import { MapTableBuilder } from './native-map-table.js';
 import type { DiskNode } from './tree.js';
@@ -32,53 +32,59 @@ export class HostSlots {
 export function qcow2Mapper(node: DiskNode, slots: HostSlots): ViewMapper | undefined {
   const disk = node.disk;
   if (!(disk instanceof Qcow2Disk)) return undefined;
-  const meta = disk.meta;
-  // Encrypted clusters are decrypted in JS: never map an encrypted image's host bytes.
-  if (meta.header.cryptMethod !== 'none') return undefined;
-  if (!(meta.dataFile instanceof HostFile) || disk.origin % meta.clusterSize !== 0) return undefined;
-  const slot = slots.slotOf(meta.dataFile);
+  const { map, reader, origin } = disk;
+  const dataFile = reader.dataFile;
+  // Encrypted (or otherwise transformed) data, remote files and views not on a cluster boundary stay with JS.
+  if (!reader.servesHostBytes || !(dataFile instanceof HostFile) || origin % map.clusterSize !== 0) return undefined;
+  const slot = slots.slotOf(dataFile);
   if (slot === undefined) return undefined;
-  const l1 = (disk as unknown as { l1: () => Float64Array }).l1;
-  const tableBits = Math.log2(meta.l2Entries);
-  const span = meta.l2Span;
-  const cs = meta.clusterSize;
-  const hostSize = meta.dataFile.size;
+  const span = map.l2Span;
+  const cs = map.clusterSize;
+  const run = new Run();
   const done = new Set<number>();
+
+  /** Maps [from, end) into `b`; false when an entry in it failed to translate. */
+  const mapRange = (l1: Float64Array, b: MapTableBuilder, from: number, end: number): boolean => {
+    for (let pos = from; pos < end; pos += run.length) {
+      try {
+        map.mapRun(l1, origin, pos, end - pos, run);
+      } catch {
+        return false;
+      }
+      if (run.kind === RunKind.Data) b.data(pos, run.length, run.host);
+      else if (run.kind === RunKind.Zero || (run.kind === RunKind.Unallocated && !disk.backing)) b.zero(pos, run.length);
+      else b.other(pos, run.length);
+    }
+    return true;
+  };
 
   const build = (t: number): Float64Array => {
     const start = t * span;
     const limit = Math.min(span, disk.size - start);
-    const b = new MapTableBuilder(start, meta.l2Entries, cs, limit, hostSize);
-    const visit = (from: number) => ({
-      data: (dst: number, len: number, host: number) => b.data(from + dst, len, host),
-      zero: (dst: number, len: number) => b.zero(from + dst, len),
-      unallocated: (dst: number, len: number) => (disk.backing ? b.other(from + dst, len) : b.zero(from + dst, len)),
-      compressed: (dst: number, len: number) => b.other(from + dst, len),
-    });
-    try {
-      walkRange(meta, l1(), disk.origin, start, limit, visit(start));
-    } catch {
-      // A bad entry somewhere in the table: map cluster by cluster, leaving the bad ones to JS.
+    const b = new MapTableBuilder(start, map.l2Entries, cs, limit, dataFile.size);
+    const l1 = disk.l1();
+    if (!mapRange(l1, b, start, start + limit)) {
+      // A bad entry somewhere in the table: cluster by cluster, leaving the bad ones to JS (which
+      // answers their reads with EIO and a log line).
+      const fresh = new MapTableBuilder(start, map.l2Entries, cs, limit, dataFile.size);
       for (let at = start; at < start + limit; at += cs) {
-        try {
-          walkRange(meta, l1(), disk.origin, at, Math.min(cs, start + limit - at), visit(at));
-        } catch {
-          b.other(at, cs);
-        }
+        const end = Math.min(at + cs, start + limit);
+        if (!mapRange(l1, fresh, at, end)) fresh.other(at, end - at);
       }
+      return fresh.finish();
     }
     return b.finish();
   };
 
   return {
-    clusterBits: meta.clusterBits,
-    tableBits,
+    clusterBits: map.clusterBits,
+    tableBits: Math.log2(map.l2Entries),
     fill(position, length, publish) {
       const last = Math.floor((Math.min(position + length, disk.size) - 1) / span);
       for (let t = Math.floor(position / span); t <= last; t++) {
         if (done.has(t)) continue;
         done.add(t);
-        publish(t * meta.l2Entries, build(t), slot);
+        publish(t * map.l2Entries, build(t), slot);
       }
     },
   };
