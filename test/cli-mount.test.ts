@@ -58,7 +58,7 @@ describe('qcow-mount usage', () => {
   it('--help names every option, the file names, the log and pid-file locations and the exit codes', () => {
     const r = cli('--help');
     expect(r.status).toBe(0);
-    for (const s of ['--foreground', '--debug', '--log', '-o <OPTIONS>', '--l2-cache', '--cluster-cache', '--unmount', '--lazy', 'allow_other', 'uid=N', 'l2_cache_size', 'cluster_cache_size', 'snapshots/NAME.raw', 'NAME.vmstate', 'XDG_RUNTIME_DIR', 'Exit codes']) {
+    for (const s of ['--foreground', '--debug', '--log', '-o <OPTIONS>', '--l2-cache', '--cluster-cache', '--unmount', '--lazy', 'allow_other', 'uid=N', 'l2_cache_size', 'cluster_cache_size', 'fuse=native|compat', 'snapshots/NAME.raw', 'NAME.vmstate', 'XDG_RUNTIME_DIR', 'Exit codes']) {
       expect(r.stdout, s).toContain(s);
     }
     expect(r.stdout).not.toContain('daemon-child');
