@@ -85,9 +85,9 @@ async function main(argv: string[]): Promise<number> {
   try {
     const from = resolveView(image, fromName);
     const to = resolveView(image, toName);
-    const diff = diffViews(from.disk, to.disk);
+    const diff = diffViews(from.disk, to.disk, image.path);
     for (const p of diff.problems) process.stderr.write(`${PROG}: warning: ${p}\n`);
-    const changed = opts.verify ? verifyRanges(from.disk, to.disk, diff.changed, diffGranule(from.disk)) : diff.changed;
+    const changed = opts.verify ? verifyRanges(from.disk, to.disk, diff.changed, diffGranule(from.disk, image.path)) : diff.changed;
     const changedBytes = totalBytes(changed);
     const size = Math.max(from.disk.size, to.disk.size);
 

@@ -26,7 +26,7 @@ export function imageTimeline(image: QcowImage, title: string): TimelineInput {
     label: v.label,
     date: v.date,
     size: v.disk.size,
-    changed: i === 0 ? undefined : diffViews(views[i - 1]!.disk, v.disk).changed,
+    changed: i === 0 ? undefined : diffViews(views[i - 1]!.disk, v.disk, image.path).changed,
   }));
   const volume = openVolume(image.active);
   const partitions: TimelinePartition[] = (volume?.partitions ?? []).map((p) => ({
