@@ -23,7 +23,13 @@ import { WORKLOADS } from './workloads.js';
 const EXPORT = path.join(REPO, 'dist/cli/qcow-export.js');
 const IMAGE_NAME = 'remote-256m.qcow2';
 const IMAGE_SIZE = 256 * MiB;
-const EXPORT_TIMEOUT_MS = 240_000;
+const EXPORT_TIMEOUT_MS = 150_000;
+const WORKLOAD_TIMEOUT_MS = 60_000;
+/**
+ * QEMU's curl driver gives up on a request after 5 s by default, and under load (this 2-core machine
+ * is shared) a stalled transfer then hung qemu-img convert for good: QEMU gets 120 s.
+ */
+const QEMU_CURL_TIMEOUT_S = 120;
 
 export interface RemoteBenchOptions {
   rounds: number;
@@ -70,7 +76,7 @@ async function mountQsdCurl(url: string, tag: string): Promise<Mounted> {
     'qemu-storage-daemon',
     [
       '--blockdev',
-      `driver=${driver},node-name=net,url=${url},read-only=on`,
+      `driver=${driver},node-name=net,url=${url},read-only=on,timeout=${QEMU_CURL_TIMEOUT_S}`,
       '--blockdev',
       'driver=qcow2,node-name=qcow2,file=net,read-only=on',
       '--export',
@@ -158,9 +164,25 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
                 : await mountQsdCurl(url, `${latency}-${round}`);
             try {
               for (const w of [WORKLOADS.seq1m, WORKLOADS.rand4k1]) {
-                const r = await w.run(m.file, IMAGE_SIZE, { seconds: opt.seconds, seqBytes, seqOffset: round * 64 * MiB });
-                note(w.id, who, r.value, who === 'ours' ? memOf(m.pid)?.hwmKiB : undefined);
-                log(`remote ${latency} ms ${who} ${w.id}: ${r.value.toFixed(1)} ${w.metric}`);
+                // A peer that stalls for good (QEMU 7.2's curl driver did, here) is killed, which ends
+                // the FUSE connection and fio with it; the workload counts as 0.
+                let stalled = false;
+                const timer = setTimeout(() => {
+                  stalled = true;
+                  process.kill(m.pid, 'SIGKILL');
+                }, WORKLOAD_TIMEOUT_MS);
+                try {
+                  const r = await w.run(m.file, IMAGE_SIZE, { seconds: opt.seconds, seqBytes, seqOffset: round * 64 * MiB });
+                  note(w.id, who, r.value, who === 'ours' ? memOf(m.pid)?.hwmKiB : undefined);
+                  log(`remote ${latency} ms ${who} ${w.id}: ${r.value.toFixed(1)} ${w.metric}`);
+                } catch (err) {
+                  if (!stalled) throw err;
+                  note(w.id, who, 0);
+                  log(`remote ${latency} ms ${who} ${w.id}: stalled for ${WORKLOAD_TIMEOUT_MS / 1000} s, killed: counted as 0`);
+                  break;
+                } finally {
+                  clearTimeout(timer);
+                }
               }
             } finally {
               await m.stop();
@@ -176,7 +198,7 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
             const r =
               who === 'ours'
                 ? await run(process.execPath, [EXPORT, '-q', '-f', url, out], { timeoutMs: EXPORT_TIMEOUT_MS })
-                : await run('qemu-img', ['convert', '-O', 'raw', url, out], { timeoutMs: EXPORT_TIMEOUT_MS });
+                : await run('qemu-img', ['convert', '-O', 'raw', `json:${JSON.stringify({ file: { driver: url.startsWith('https:') ? 'https' : 'http', url, timeout: QEMU_CURL_TIMEOUT_S } })}`, out], { timeoutMs: EXPORT_TIMEOUT_MS });
             const s = Number(process.hrtime.bigint() - t0) / 1e9;
             fs.rmSync(out, { force: true });
             if (r.code !== 0) {

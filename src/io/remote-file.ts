@@ -163,7 +163,7 @@ export class RemoteFile implements ImageFile {
       const first = Math.floor(position / bs);
       const last = Math.floor((position + inFile - 1) / bs);
       this.fetchMissing(first, last, true);
-      this.readAhead(position, inFile, last);
+      const streaming = this.readAhead(position, inFile, last);
       for (let index = first; index <= last; index++) {
         const block = this.cache.get(this.id, index) ?? this.fetchOne(index);
         this.settled(block, what, position);
@@ -171,6 +171,10 @@ export class RemoteFile implements ImageFile {
         const from = Math.max(position, blockStart);
         const to = Math.min(position + inFile, blockStart + bs);
         into.set(new Uint8Array(block.data, from - blockStart, to - from), offset + (from - position));
+        // Drop-behind: a block a sequential reader has read to its end is not read again soon; its
+        // buffer is reused for the next block ahead instead of growing the cache (fresh shared memory
+        // costs a page fault per 4 KiB), and the cache keeps what random readers (metadata) use.
+        if (streaming && to === blockStart + bs) this.cache.drop(block);
       }
     }
     if (inFile < length) into.fill(0, offset + Math.max(0, inFile), offset + length);
@@ -256,24 +260,25 @@ export class RemoteFile implements ImageFile {
   /**
    * A read that starts where the last one ended (give or take a block: the kernel reorders a little)
    * extends a window of blocks fetched ahead, doubling up to readAheadMax; requests go out in
-   * MAX_REQUEST_BYTES pieces so that several are in flight.
+   * MAX_REQUEST_BYTES pieces so that several are in flight. True while the reader is sequential.
    */
-  private readAhead(position: number, length: number, lastBlock: number): void {
+  private readAhead(position: number, length: number, lastBlock: number): boolean {
     const bs = this.blockSize;
     const sequential = this.lastEnd >= 0 && position >= this.lastEnd - bs && position <= this.lastEnd + bs;
     this.streak = sequential ? this.streak + 1 : 0;
     this.lastEnd = position + length;
-    if (this.streak < 2) return;
+    if (this.streak < 2) return false;
     const window = Math.min(this.readAheadMax, bs * 2 ** Math.min(this.streak, 30));
     const lastInFile = Math.floor((this.size - 1) / bs);
     const end = Math.min(lastInFile, lastBlock + Math.max(1, Math.floor(window / bs)));
     // Top up only when a worthwhile piece of the window is missing, not one block per read.
     let firstMissing = lastBlock + 1;
     while (firstMissing <= end && this.cache.has(this.id, firstMissing)) firstMissing++;
-    if (firstMissing > end) return;
+    if (firstMissing > end) return true;
     const worthwhile = Math.min(Math.floor(MAX_REQUEST_BYTES / bs), Math.max(1, Math.floor(window / bs / 2)));
-    if (end - firstMissing + 1 < worthwhile && end !== lastInFile) return;
+    if (end - firstMissing + 1 < worthwhile && end !== lastInFile) return true;
     this.readAheadBlocks += this.fetchMissing(firstMissing, end, false);
+    return true;
   }
 
   /** Waits for a block to settle; a failure is EIO (and a changed object fails every later read too). */
