@@ -106,7 +106,7 @@ describe.skipIf(!ready)('memory views vs dump-guest-memory', () => {
 
       it('every PT_LOAD range of the dump holds the same bytes in .ram and .core', () => {
         const { memory } = open();
-        expect(memory.problem).toBeUndefined();
+        expect(memory.layout.problem).toBeUndefined();
         const ram = memory.ram;
         const core = memory.core;
         if (!ram || !core) throw new Error(`no .ram/.core: ${memory.layout.problem}`);
