@@ -14,6 +14,7 @@ import { DEFAULT_REMOTE_BLOCK_SIZE, DEFAULT_REMOTE_CACHE_SIZE, RemoteFile, type 
 import { isRemoteName, parseRemoteUrl, redactUrl, resolveRemoteName, sameOrigin } from './io/remote-url.js';
 import { Snapshot, readSnapshotTable } from './snapshot.js';
 import { loadL1Table } from './translate/l1-table.js';
+import { type GuestMemory, type MemoryOptions, openGuestMemory } from './memory/guest-memory.js';
 import { Qcow2Map } from './translate/qcow2-map.js';
 
 export interface OpenOptions extends CacheOptions {
@@ -95,6 +96,13 @@ export interface QcowImage {
   snapshotDisk(snapshot: Snapshot): Disk;
   /** The VM state a snapshot saved, or undefined when it saved none. */
   vmState(snapshot: Snapshot): Disk | undefined;
+  /**
+   * The RAM a snapshot's VM state holds: its layout (machine type, RAM blocks, page counts, physical
+   * ranges) and, where the machine's physical map is known, the flat `.ram` and ELF `.core` disks.
+   * Undefined when the snapshot saved no VM state. The first call per snapshot reads the VM state's RAM
+   * part once (sequentially); the result (or the QcowError for a stream that cannot be read) is kept.
+   */
+  memory(snapshot: Snapshot, options?: MemoryOptions): GuestMemory | undefined;
   /** Finds a snapshot by unique ID, else by name (the way `qemu-img snapshot -a` looks them up). */
   findSnapshot(idOrName: string): Snapshot | undefined;
   readonly caches: SharedCaches;
@@ -239,7 +247,8 @@ function buildImage(top: Layer, ctx: ChainContext): QcowImage {
   const snapshots = readSnapshotTable(file, header).map((e) => new Snapshot(e, header.size, l2Span, file, header.clusterSize, caches.snapshotL1));
   const disks = new Map<Snapshot, Disk>();
   const vmStates = new Map<Snapshot, Disk>();
-  return {
+  const memories = new Map<string, GuestMemory | QcowError>();
+  const image: QcowImage = {
     path: file.path,
     header,
     fileSize: file.size,
@@ -267,6 +276,23 @@ function buildImage(top: Layer, ctx: ChainContext): QcowImage {
       }
       return disk;
     },
+    memory(s, options = {}) {
+      const vmState = image.vmState(s);
+      if (!vmState) return undefined;
+      const key = `${s.index}:${options.maxRamBelow4g ?? ''}`;
+      let memory = memories.get(key);
+      if (!memory) {
+        try {
+          memory = openGuestMemory(vmState, { file: file.path, what: `snapshot ${s.index} ("${s.name}", id ${s.uniqueId}) VM state` }, options);
+        } catch (err) {
+          if (!(err instanceof QcowError)) throw err;
+          memory = err;
+        }
+        memories.set(key, memory);
+      }
+      if (memory instanceof QcowError) throw memory;
+      return memory;
+    },
     findSnapshot(idOrName) {
       return snapshots.find((s) => s.uniqueId === idOrName) ?? snapshots.find((s) => s.name === idOrName);
     },
@@ -278,6 +304,7 @@ function buildImage(top: Layer, ctx: ChainContext): QcowImage {
       caches.inflater?.close();
     },
   };
+  return image;
 }
 
 function readHeader(file: ImageFile): Header {

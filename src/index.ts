@@ -32,3 +32,7 @@ export type { ByteRange } from './diff/ranges.js';
 export { renderTimelineSvg } from './diff/svg.js';
 export type { TimelineInput, TimelineBand, TimelinePartition } from './diff/svg.js';
 export { imageTimeline, snapshotsInTimeOrder } from './diff/timeline.js';
+export { openGuestMemory } from './memory/guest-memory.js';
+export type { GuestMemory, MemoryLayout, MemoryOptions, RamBlockSummary } from './memory/guest-memory.js';
+export type { PhysicalMap, PhysicalRange } from './memory/x86-map.js';
+export type { StreamContext } from './format/migration-stream.js';

@@ -179,7 +179,7 @@ describe.skipIf(!manifest)('what qemu-img info says, qcow-info says', () => {
     const j = run([fixturePath(f.image), '--snapshot', '2', '--json']);
     const s = JSON.parse(j.stdout) as SnapshotInfo;
     expect(s.name).toBe('vm2');
-    expect(s.files).toEqual({ raw: 'snapshots/vm2.raw', vmstate: 'snapshots/vm2.vmstate' });
+    expect(s.files).toEqual({ raw: 'snapshots/vm2.raw', vmstate: 'snapshots/vm2.vmstate', ram: 'snapshots/vm2.ram', core: 'snapshots/vm2.core' });
     expectOneLineError(run([fixturePath(f.image), '--snapshot', 'zzz']), 2, /no snapshot with ID or name "zzz"/);
   });
 

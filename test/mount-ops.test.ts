@@ -262,7 +262,7 @@ describe.skipIf(!ready)('the tree of a real image', () => {
   it('has active.raw, info.json and one .raw per snapshot plus .vmstate where VM state was saved', () => {
     const image = open('savevm-c64k');
     const tree = buildMountTree(image);
-    const info = describeImage(image);
+    const info = describeImage(image, undefined, { memory: {} });
     const paths = tree.files().map((f) => f.path);
     expect(paths.slice(0, 2)).toEqual(['/active.raw', '/info.json']);
     expect(paths.filter((p) => p.endsWith('.raw'))).toHaveLength(image.snapshots.length + 1);
@@ -275,6 +275,7 @@ describe.skipIf(!ready)('the tree of a real image', () => {
         const vm = tree.lookup(`/${s.files.vmstate}`)!;
         expect(vm.kind === 'disk' && vm.size).toBe(s.vmStateSize);
       } else expect(s.files.vmstate).toBeNull();
+      for (const f of [s.files.ram, s.files.core]) if (f) expect(tree.lookup(`/${f}`)?.kind).toBe('disk');
     }
     const json = tree.lookup('/info.json')!;
     expect(json.kind === 'bytes' && JSON.parse(json.bytes.toString())).toEqual(JSON.parse(JSON.stringify(info)));

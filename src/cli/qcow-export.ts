@@ -13,6 +13,7 @@ import { ExportError, exportToPath } from '../export/export-to-path.js';
 import { selectView } from '../export/select-view.js';
 import { QcowError } from '../errors.js';
 import { type RemoteCliOptions, addRemoteOptions, remoteOpenOptions } from './remote-options.js';
+import { parseSize } from '../units.js';
 
 const PROG = 'qcow-export';
 const HASHES = ['sha256', 'sha1', 'md5', 'sha512'] as const;
@@ -21,6 +22,8 @@ interface Options extends RemoteCliOptions {
   snapshot?: string;
   vmstate?: boolean;
   partition?: number;
+  memory?: 'raw' | 'core';
+  ramBelow4g?: string;
   force?: boolean;
   hash?: (typeof HASHES)[number];
   quiet?: boolean;
@@ -38,6 +41,8 @@ function buildProgram(): Command {
     .option('-s, --snapshot <name>', 'export this internal snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
     .option('--vmstate', "with --snapshot: export the snapshot's saved VM state (QEMU's migration stream) instead of its disk")
     .option('-p, --partition <n>', "export one partition of the disk (its Linux number, as the mount's VIEW.pN shows it: MBR primaries 1-4, logicals from 5, GPT entry index + 1)", parsePartitionNumber)
+    .addOption(new Option('--memory <form>', "with --snapshot: export the guest RAM its VM state holds, as a flat physical image (raw, the mount's NAME.ram) or an ELF64 core (core, NAME.core)").choices(['raw', 'core']))
+    .option('--ram-below-4g <SIZE>', "with --memory: the VM's max-ram-below-4g machine option (the VM state does not record it)")
     .option('-f, --force', 'replace OUTPUT if it exists (atomically: the old file stays until the new one is complete)')
     .addOption(new Option('--hash <algorithm>', "print the view's digest as `HEX  OUTPUT` (on standard error when OUTPUT is -)").choices(HASHES))
     .option('-q, --quiet', 'no progress bar (there is none anyway when standard error is not a terminal)')
@@ -49,6 +54,7 @@ Examples:
   $ qcow-export disk.qcow2 before.raw --snapshot before-upgrade --hash sha256
   $ qcow-export disk.qcow2 vm.state --snapshot 1 --vmstate
   $ qcow-export disk.qcow2 root.img --partition 2
+  $ qcow-export disk.qcow2 memory.core --snapshot 1 --memory core     # for Volatility 3, crash, gdb
   $ qcow-export disk.qcow2 - | gzip > disk.raw.gz
   $ qcow-export 'https://bucket.s3.amazonaws.com/vm/disk.qcow2?X-Amz-Signature=...' disk.raw
 
@@ -66,6 +72,10 @@ async function main(argv: string[]): Promise<number> {
   const [imagePath, output] = program.args as [string, string];
   const opts = program.opts<Options>();
   if (opts.vmstate && opts.snapshot === undefined) throw new CliError('--vmstate needs --snapshot NAME (VM state belongs to a snapshot)', EXIT.USAGE);
+  if (opts.memory && opts.snapshot === undefined) throw new CliError('--memory needs --snapshot NAME (the RAM is in a snapshot\'s VM state)', EXIT.USAGE);
+  if (opts.memory && opts.vmstate) throw new CliError('--memory and --vmstate are two different views; give one', EXIT.USAGE);
+  if (opts.ramBelow4g !== undefined && !opts.memory) throw new CliError('--ram-below-4g only goes with --memory', EXIT.USAGE);
+  const memoryOptions = { maxRamBelow4g: opts.ramBelow4g === undefined ? undefined : parseSize(opts.ramBelow4g, '--ram-below-4g') };
   if (opts.hash && !getHashes().includes(opts.hash)) throw new CliError(`this Node.js has no ${opts.hash} digest`, EXIT.USAGE);
 
   // tty.isatty, not process.stdout.isTTY: creating process.stdout would make a piped fd 1 non-blocking.
@@ -73,7 +83,7 @@ async function main(argv: string[]): Promise<number> {
 
   const image = await openImage(imagePath, { remote: remoteOpenOptions(opts) });
   try {
-    const view = selectView(image, opts);
+    const view = selectView(image, { ...opts, memoryOptions });
     const hash = opts.hash ? createHash(opts.hash) : undefined;
     const toStdout = output === '-';
     // cli-progress is loaded only where a bar is drawn: it costs start-up time.
@@ -90,7 +100,8 @@ async function main(argv: string[]): Promise<number> {
         signal: abort.signal,
         onProgress: progress?.update,
         // Over HTTP one reader in order is best: the remote file fetches ahead of it, several requests at once.
-        parallel: image.remote ? undefined : {
+        // Memory views are rebuilt from a page index in this process: workers would have to index again.
+        parallel: image.remote || opts.memory ? undefined : {
           // One pass in order: a worker never reads a cluster twice, so its inflated-cluster cache stays small.
           spec: { imagePath: image.path, snapshotIndex: view.snapshot?.index, vmstate: opts.vmstate === true, window: view.window, openOptions: { clusterCacheBytes: 2 * 1024 * 1024 } },
           // For measurements and tests: QCOW_EXPORT_WORKERS=0 reads on the main thread only; N > 0 uses

@@ -8,7 +8,8 @@ import { Command } from 'commander';
 import { type QcowImage, type RemoteOpenOptions, openImage } from '../image.js';
 import { type RemoteCliOptions, addRemoteOptions, remoteOpenOptions } from './remote-options.js';
 import { QcowError } from '../errors.js';
-import { describeImage, describeSnapshots } from '../info/describe.js';
+import { describeImage, describeSnapshotMemory, describeSnapshots } from '../info/describe.js';
+import { parseSize } from '../units.js';
 import { formatExtents, formatInfoText, formatSnapshotDetail } from '../info/format-text.js';
 import { findSnapshot } from '../export/select-view.js';
 import { CliError, EXIT } from '../exit.js';
@@ -20,6 +21,7 @@ interface Options extends RemoteCliOptions {
   json?: boolean;
   snapshot?: string;
   extents?: boolean;
+  ramBelow4g?: string;
 }
 
 function buildProgram(): Command {
@@ -31,6 +33,7 @@ function buildProgram(): Command {
     .argument('<image>', 'the qcow2 image, a path or an http(s) URL (opened read-only)')
     .option('--json', 'print the description as JSON (the same as a mount\'s info.json)')
     .option('-s, --snapshot <name>', 'describe one snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
+    .option('--ram-below-4g <SIZE>', "the VM's max-ram-below-4g machine option, for the physical memory map of VM states (the VM state does not record it)")
     .option('--extents', "list the view's runs (data, compressed, zero, unallocated) with their host offsets, like `qemu-img map`; the active disk, or the snapshot given with --snapshot")
     .addHelpText(
       'after',
@@ -84,13 +87,15 @@ async function main(argv: string[]): Promise<number> {
       return EXIT.OK;
     }
 
+    const memory = { maxRamBelow4g: opts.ramBelow4g === undefined ? undefined : parseSize(opts.ramBelow4g, '--ram-below-4g') };
     if (snapshot) {
-      const info = describeSnapshots(image.snapshots)[image.snapshots.indexOf(snapshot)]!;
+      const info = describeSnapshotMemory(image, [describeSnapshots(image.snapshots)[image.snapshots.indexOf(snapshot)]!], memory)[0]!;
       write(opts.json ? JSON.stringify(info, null, 2) : formatSnapshotDetail(info));
       return EXIT.OK;
     }
 
-    const info = describeImage(image);
+    // Only the JSON form describes each VM state's RAM (it reads each one): it is what a mount's info.json says.
+    const info = describeImage(image, undefined, opts.json ? { memory } : {});
     if (opts.json) write(JSON.stringify(info, null, 2));
     else {
       let allocatedBytes: number | undefined;

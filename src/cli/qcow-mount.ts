@@ -47,6 +47,9 @@ Files in the mount (all read-only; files 0444, folders 0555):
   info.json                  header, features, backing chain, snapshots and their file names
   snapshots/NAME.raw         the disk as it was at each internal snapshot (its own size)
   snapshots/NAME.vmstate     the VM state a snapshot saved, where it saved one
+  snapshots/NAME.ram         its guest-physical RAM as one flat file (holes read as zeros), x86 pc/q35
+  snapshots/NAME.core        the same RAM as an ELF64 core (one PT_LOAD per physical range), for
+                             Volatility 3, crash, gdb; info.json says why a VM state has neither
   Where a snapshot name is empty, unusable as a file name or shared, the file is NAME@ID (or @ID),
   else NAME#INDEX; info.json maps every snapshot to its files.
 
@@ -59,6 +62,8 @@ Mount options (-o, comma-separated; several -o add up):
   remote_cache_size=SIZE     for an http(s) URL: cache of fetched blocks (default 256M)
   fuse=native|compat         FUSE back-end: native (libfuse 3 addon; the default when built) or
                              compat (fuse-native); $QCOW_MOUNT_FUSE sets the default
+  ram_below_4g=SIZE          the VM's max-ram-below-4g machine option, for .ram/.core (the VM state
+                             does not record it; default: QEMU's rule for the machine type and RAM size)
 
 An image given by http(s) URL is read with Range requests (presigned S3/GCS/Azure URLs work as
 given); its backing files resolve against the URL. --header and the URL's credentials and query
@@ -119,6 +124,7 @@ function serialiseOptions(o: MountOptions): string {
   if (o.clusterCacheBytes !== undefined) parts.push(`cluster_cache_size=${o.clusterCacheBytes}`);
   if (o.remoteCacheBytes !== undefined) parts.push(`remote_cache_size=${o.remoteCacheBytes}`);
   if (o.fuse !== undefined) parts.push(`fuse=${o.fuse}`);
+  if (o.ramBelow4g !== undefined) parts.push(`ram_below_4g=${o.ramBelow4g}`);
   return parts.join(',');
 }
 

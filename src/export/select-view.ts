@@ -4,6 +4,7 @@ import type { QcowImage } from '../image.js';
 import type { Snapshot } from '../snapshot.js';
 import { snapshotStems } from '../names/snapshot-names.js';
 import { openVolume } from '../volume/partitions.js';
+import type { MemoryOptions } from '../memory/guest-memory.js';
 
 export interface SelectedView {
   disk: Disk;
@@ -25,19 +26,27 @@ export function findSnapshot(image: QcowImage, idOrName: string): Snapshot | und
   const found = image.findSnapshot(idOrName);
   if (found) return found;
   const stems = snapshotStems(image.snapshots);
-  const bare = idOrName.replace(/^snapshots\//, '').replace(/\.(raw|vmstate)$/, '');
+  const bare = idOrName.replace(/^snapshots\//, '').replace(/\.(raw|vmstate|ram|core)$/, '');
   const i = stems.indexOf(bare);
   return i >= 0 ? image.snapshots[i] : undefined;
+}
+
+export interface ViewChoice {
+  snapshot?: string;
+  vmstate?: boolean;
+  /** A snapshot's RAM: `raw` (flat guest-physical, the mount's NAME.ram) or `core` (ELF, NAME.core). */
+  memory?: 'raw' | 'core';
+  memoryOptions?: MemoryOptions;
 }
 
 /**
  * The view `qcow-export` writes: the active disk, a snapshot's disk, or a snapshot's VM state; with
  * `partition`, one partition (Linux number) of that disk.
  */
-export function selectView(image: QcowImage, options: { snapshot?: string; vmstate?: boolean; partition?: number }): SelectedView {
+export function selectView(image: QcowImage, options: ViewChoice & { partition?: number }): SelectedView {
   const view = selectWholeView(image, options);
   if (options.partition === undefined) return view;
-  if (options.vmstate) throw new QcowError('EINVAL', image.path, '--partition and --vmstate do not go together (a VM state has no partitions)');
+  if (options.vmstate || options.memory) throw new QcowError('EINVAL', image.path, `--partition and --${options.vmstate ? 'vmstate' : 'memory'} do not go together (only a disk has partitions)`);
   const volume = openVolume(view.disk);
   if (!volume) throw new QcowError('ENOENT', image.path, `${view.label} has no partition table (no MBR or GPT)`);
   const p = volume.partitions.find((x) => x.number === options.partition);
@@ -54,7 +63,7 @@ export function selectView(image: QcowImage, options: { snapshot?: string; vmsta
   };
 }
 
-function selectWholeView(image: QcowImage, options: { snapshot?: string; vmstate?: boolean }): SelectedView {
+function selectWholeView(image: QcowImage, options: ViewChoice): SelectedView {
   if (options.snapshot === undefined) {
     if (options.vmstate) throw new QcowError('EINVAL', image.path, '--vmstate needs --snapshot NAME (VM state belongs to a snapshot)');
     return { disk: image.active, fileName: 'active.raw', label: 'the active disk' };
@@ -67,6 +76,14 @@ function selectWholeView(image: QcowImage, options: { snapshot?: string; vmstate
   }
   const stem = snapshotStems(image.snapshots)[image.snapshots.indexOf(s)]!;
   const label = `snapshot "${s.name}" (id ${s.uniqueId})`;
+  if (options.memory) {
+    const memory = image.memory(s, options.memoryOptions);
+    if (!memory) throw new QcowError('ENOENT', image.path, `${label} has no saved VM state (vm_state_size is 0)`);
+    const disk = options.memory === 'raw' ? memory.ram : memory.core;
+    if (!disk) throw new QcowError('EUNSUPPORTED', image.path, `the RAM of ${label} cannot be laid out in physical memory: ${memory.layout.problem}`);
+    const suffix = options.memory === 'raw' ? 'ram' : 'core';
+    return { disk, fileName: `snapshots/${stem}.${suffix}`, label: `the RAM of ${label}${options.memory === 'core' ? ' (ELF core)' : ''}`, snapshot: s };
+  }
   if (options.vmstate) {
     const disk = image.vmState(s);
     if (!disk) throw new QcowError('ENOENT', image.path, `${label} has no saved VM state (vm_state_size is 0)`);

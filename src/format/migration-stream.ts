@@ -217,9 +217,9 @@ export function decodeSectionFooter(bytes: Uint8Array, at: number, end: number):
 /**
  * One record of the `ram` section into `out`. `pageSize` is the target page size (the flags live in
  * the bits below it). Records that savevm never writes (XBZRLE, RDMA hooks, compressed pages) are
- * refused: their pages could not be served.
+ * refused: their pages could not be served. `streamSize` bounds what a block list may claim.
  */
-export function decodeRamRecord(bytes: Uint8Array, at: number, end: number, pageSize: number, out: RamRecord, ctx: StreamContext, base: number): number {
+export function decodeRamRecord(bytes: Uint8Array, at: number, end: number, pageSize: number, out: RamRecord, ctx: StreamContext, base: number, streamSize = Infinity): number {
   if (end - at < 8) return 0;
   const hi = u32(bytes, at);
   const lo = u32(bytes, at + 4);
@@ -233,6 +233,11 @@ export function decodeRamRecord(bytes: Uint8Array, at: number, end: number, page
     // The list has no terminator: blocks follow until their lengths add up to the total.
     out.kind = 'blocks';
     out.totalBytes = address;
+    // Every page costs at least a zero-page record: a total claiming more cannot be this stream's.
+    const pages = Math.ceil(address / pageSize);
+    if (pages * MIN_PAGE_RECORD_BYTES > streamSize - (base + p)) {
+      throw bad(ctx, base + at, `ram block list claims ${hex(address)} bytes of RAM (${pages} pages), more than a VM state of ${streamSize} bytes can hold`);
+    }
     out.blocks = [];
     let sum = 0;
     while (sum < out.totalBytes) {

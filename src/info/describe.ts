@@ -2,9 +2,11 @@ import type { BackingLink, QcowImage, RemoteSource } from '../image.js';
 import type { Snapshot } from '../snapshot.js';
 import type { FeatureName } from '../format/header.js';
 import { EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE, EXT_FEATURE_TABLE } from '../format/header.js';
-import { snapshotFileNames } from '../names/snapshot-names.js';
+import { snapshotFileNames, snapshotStems } from '../names/snapshot-names.js';
 import type { Volume } from '../volume/partitions.js';
 import { type ImageVolumes, imageVolumes } from '../volume/image-volumes.js';
+import type { MemoryOptions } from '../memory/guest-memory.js';
+import { type MemoryInfo, describeMemory } from './describe-memory.js';
 
 /**
  * A plain, JSON-serialisable description of an opened image: what the mount shows as `info.json` and
@@ -105,8 +107,13 @@ export interface SnapshotInfo {
   l1Size: number;
   l1TableOffset: number;
   extraDataSize: number;
-  /** File names in the mount, relative to the mount point; vmstate only where VM state was saved. */
-  files: { raw: string; vmstate: string | null };
+  /**
+   * File names in the mount, relative to the mount point; vmstate only where VM state was saved; ram and
+   * core (guest memory) where its RAM could be rebuilt (described only when memory is: see `memory`).
+   */
+  files: { raw: string; vmstate: string | null; ram?: string | null; core?: string | null };
+  /** The RAM in the VM state (null without VM state); present when memory was described. */
+  memory?: MemoryInfo | null;
   /** This snapshot's partition table (tables differ per snapshot), or null where it has none. */
   partitions: PartitionsInfo | null;
 }
@@ -175,6 +182,26 @@ export function describePartitions(volume: Volume | undefined, base: string): Pa
   };
 }
 
+export interface DescribeOptions {
+  /** Describe each VM state's RAM (reads each VM state's RAM part once), with these options. */
+  memory?: MemoryOptions;
+}
+
+/** Adds each snapshot's memory description and its .ram/.core file names (`only`: just these snapshots). */
+export function describeSnapshotMemory(image: QcowImage, infos: SnapshotInfo[], options: MemoryOptions = {}): SnapshotInfo[] {
+  const stems = snapshotStems(image.snapshots);
+  return infos.map((info) => {
+    const memory = describeMemory(image, image.snapshots[info.index]!, options) ?? null;
+    const served = memory !== null && memory.problem === null;
+    const stem = stems[info.index];
+    return {
+      ...info,
+      files: { ...info.files, ram: served ? `snapshots/${stem}.ram` : null, core: served ? `snapshots/${stem}.core` : null },
+      memory,
+    };
+  });
+}
+
 const EXTENSION_NAMES = new Map<number, string>([
   [EXT_BACKING_FORMAT, 'backing format'],
   [EXT_FEATURE_TABLE, 'feature name table'],
@@ -218,9 +245,10 @@ export function describeSnapshots(snapshots: readonly Snapshot[], volumes?: read
 
 /**
  * Describes an opened image as plain JSON-serialisable data (no bigint, no Date, no class instances).
- * `volumes`: every view's partitions where the caller has read them already (the mount has).
+ * `volumes`: every view's partitions where the caller has read them already (the mount has);
+ * `options.memory`: describe each VM state's RAM too (reads each VM state's RAM part once).
  */
-export function describeImage(image: QcowImage, volumes: ImageVolumes = imageVolumes(image)): ImageInfo {
+export function describeImage(image: QcowImage, volumes: ImageVolumes = imageVolumes(image), options: DescribeOptions = {}): ImageInfo {
   const h = image.header;
   const info: ImageInfo = {
     image: image.path,
@@ -281,7 +309,7 @@ export function describeImage(image: QcowImage, volumes: ImageVolumes = imageVol
       size: l.size,
     })),
     dataFile: image.dataFilePath ? { name: h.dataFile ?? null, path: image.dataFilePath, raw: h.dataFileRaw } : null,
-    snapshots: describeSnapshots(image.snapshots, volumes.snapshots),
+    snapshots: options.memory ? describeSnapshotMemory(image, describeSnapshots(image.snapshots, volumes.snapshots), options.memory) : describeSnapshots(image.snapshots, volumes.snapshots),
     partitions: describePartitions(volumes.active, 'active'),
     files: { active: 'active.raw', info: 'info.json', snapshots: 'snapshots/' },
   };

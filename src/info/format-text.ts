@@ -3,6 +3,7 @@
  * `qemu-img snapshot -l` print, in their words and layout where they have them, plus the backing
  * chain, feature names and the files a mount shows.
  */
+import { memoryRows } from './describe-memory.js';
 import type { Extent } from '../disk/disk.js';
 import { oneLine } from '../errors.js';
 import { formatSize } from '../units.js';
@@ -199,6 +200,9 @@ export function formatSnapshotDetail(s: SnapshotInfo): string {
     ['file', oneLine(s.files.raw)],
   ];
   if (s.files.vmstate) rows.push(['vm state file', oneLine(s.files.vmstate)]);
+  if (s.files.ram) rows.push(['ram file', oneLine(s.files.ram)]);
+  if (s.files.core) rows.push(['core file', oneLine(s.files.core)]);
+  if (s.memory) rows.push(...memoryRows(s.memory));
   return rows.map(([k, v]) => `${k}: ${v}`).join('\n');
 }
 

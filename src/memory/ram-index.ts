@@ -133,10 +133,10 @@ export function indexRam(vmState: Disk, ctx: StreamContext, chunkBytes = INDEX_C
 
     // The section's ram records, up to its end-of-section record.
     for (;;) {
-      let n = decodeRamRecord(window, at, end, pageSize, record, ctx, base);
+      let n = decodeRamRecord(window, at, end, pageSize, record, ctx, base, size);
       while (n === 0) {
         if (!more()) throw truncated('a ram record');
-        n = decodeRamRecord(window, at, end, pageSize, record, ctx, base);
+        n = decodeRamRecord(window, at, end, pageSize, record, ctx, base, size);
       }
       const recordAt = base + at;
       at += n;

@@ -13,4 +13,6 @@ export interface MountOptions {
   remoteCacheBytes?: number;
   /** FUSE back-end: the native libfuse 3 addon, or fuse-native (default: native when built). */
   fuse?: 'native' | 'compat';
+  /** The VM's max-ram-below-4g (where guest RAM below 4 GiB ends, for .ram/.core); the stream does not say. */
+  ramBelow4g?: number;
 }

@@ -1,6 +1,7 @@
 import type { Disk } from '../disk/disk.js';
 import type { QcowImage } from '../image.js';
 import { describeImage } from '../info/describe.js';
+import type { MemoryOptions } from '../memory/guest-memory.js';
 import { snapshotFileNames } from '../names/snapshot-names.js';
 import type { Volume } from '../volume/partitions.js';
 import { imageVolumes } from '../volume/image-volumes.js';
@@ -14,6 +15,8 @@ import { imageVolumes } from '../volume/image-volumes.js';
  *   /snapshots/NAME.raw    each snapshot's disk
  *   /snapshots/NAME.pN     that disk's partitions
  *   /snapshots/NAME.vmstate  each snapshot's VM state, where it saved one
+ *   /snapshots/NAME.ram    its guest-physical RAM, flat, where the RAM could be rebuilt from the VM state
+ *   /snapshots/NAME.core   the same RAM as an ELF64 core (one PT_LOAD per physical range)
  */
 export type MountNode = DirNode | DiskNode | BytesNode;
 
@@ -99,13 +102,25 @@ export class MountTree {
   }
 }
 
-/** Builds the tree for an image: active.raw, info.json and snapshots/ with one file per view. */
-export function buildMountTree(image: QcowImage): MountTree {
+export interface TreeOptions {
+  /** How guest memory is rebuilt from VM states (the VM's max-ram-below-4g). */
+  memory?: MemoryOptions;
+  /** Where a VM state whose RAM cannot be rebuilt is reported (one line each). */
+  log?: (line: string) => void;
+}
+
+/**
+ * Builds the tree for an image: active.raw, info.json and snapshots/ with one file per view. Each VM
+ * state's RAM is indexed here (one sequential read of its RAM part), so info.json can tell its pages.
+ */
+export function buildMountTree(image: QcowImage, options: TreeOptions = {}): MountTree {
   const tree = new MountTree(image.mtime);
   const volumes = imageVolumes(image);
   tree.addDisk(tree.root, 'active.raw', image.active, image.mtime, 'active disk');
   addPartitions(tree, tree.root, 'active', volumes.active, image.mtime, 'active disk');
-  const info = Buffer.from(`${JSON.stringify(describeImage(image, volumes), null, 2)}\n`, 'utf8');
+  const memoryOptions = options.memory ?? {};
+  const described = describeImage(image, volumes, { memory: memoryOptions });
+  const info = Buffer.from(`${JSON.stringify(described, null, 2)}\n`, 'utf8');
   tree.addBytes(tree.root, 'info.json', info, image.mtime);
   const dir = tree.mkdir(tree.root, 'snapshots', image.mtime);
   const names = snapshotFileNames(image.snapshots);
@@ -115,6 +130,14 @@ export function buildMountTree(image: QcowImage): MountTree {
     addPartitions(tree, dir, names[i]!.raw.replace(/\.raw$/, ''), volumes.snapshots[i], s.date, what);
     const vm = image.vmState(s);
     if (vm && names[i]!.vmstate) tree.addDisk(dir, names[i]!.vmstate!, vm, s.date, `${what} VM state`);
+    const files = described.snapshots[i]!.files;
+    const memory = vm && files.ram && files.core ? image.memory(s, memoryOptions) : undefined;
+    if (memory?.ram && memory.core) {
+      tree.addDisk(dir, files.ram!.slice('snapshots/'.length), memory.ram, s.date, `${what} RAM`);
+      tree.addDisk(dir, files.core!.slice('snapshots/'.length), memory.core, s.date, `${what} RAM (ELF core)`);
+    } else if (vm) {
+      options.log?.(`${what}: no .ram/.core: ${described.snapshots[i]!.memory?.problem ?? 'no memory description'}`);
+    }
   });
   return tree;
 }
