@@ -18,7 +18,7 @@ interface InfoSnapshot {
   diskSize: number;
   vmStateSize: number;
   date: string;
-  files: { raw: string; vmstate: string | null };
+  files: { raw: string; vmstate: string | null; ram?: string | null; core?: string | null };
 }
 
 let scratch: Scratch;
@@ -51,7 +51,7 @@ describe.skipIf(!ready)('every file of every fixture equals QEMU output', () => 
       const info = JSON.parse(fs.readFileSync(path.join(mnt, 'info.json'), 'utf8')) as { snapshots: InfoSnapshot[]; virtualSize: number };
       // Every snapshot has its own file, and nothing else is there.
       const listed = fs.readdirSync(path.join(mnt, 'snapshots')).sort();
-      const expected = info.snapshots.flatMap((s) => [s.files.raw, s.files.vmstate].filter((f): f is string => f !== null).map((f) => f.replace(/^snapshots\//, ''))).sort();
+      const expected = info.snapshots.flatMap((s) => [s.files.raw, s.files.vmstate, s.files.ram ?? null, s.files.core ?? null].filter((f): f is string => f !== null).map((f) => f.replace(/^snapshots\//, ''))).sort();
       expect(listed).toEqual(expected);
       expect(new Set(listed).size).toBe(listed.length);
       expect(info.snapshots.length).toBe(fixture.snapshot_count as number);
