@@ -190,6 +190,19 @@ function describeSeed(name: string, bytes: Buffer): Seed {
     if (extra >= 8) fields.push({ name: `snapshot ${i} vm_state_size_large`, at: sn + 40, size: 8 });
     if (extra >= 16) fields.push({ name: `snapshot ${i} disk_size`, at: sn + 48, size: 8 });
     addL1(`snapshot ${i}`, Number(be(sn, 8)), Number(be(sn + 8, 4)));
+    // The start of its VM state (stream header, machine type, RAM block list, first page records).
+    if (be(sn + 32, 4) > 0n) {
+      const l2Span = (clusterSize / entryBytes) * clusterSize;
+      const diskSize = Number(extra >= 16 ? be(sn + 48, 8) : be(24, 8));
+      const l1At = Number(be(sn, 8)) + Math.ceil(diskSize / l2Span) * 8;
+      const l2 = Number(be(l1At, 8) & OFFSET_MASK);
+      const data = l2 > 0 ? Number(be(l2, 8) & OFFSET_MASK) : 0;
+      if (data > 0 && data < bytes.length) {
+        const area = { name: `snapshot ${i} VM state start`, at: data, length: Math.min(clusterSize, bytes.length - data) };
+        structures.push(area);
+        dataAreas.push(area);
+      }
+    }
     sn += Math.ceil(len / 8) * 8;
   }
   return { name, bytes, clusterSize, fields, slots, structures, dataAreas, cuts: cuts.filter((c) => c <= bytes.length) };
@@ -299,6 +312,7 @@ export function mutate(rng: Rng, seeds: Seed[]): Mutant {
 export type Outcome = 'opened' | 'opened-eio' | 'refused-EBADIMAGE' | 'refused-EUNSUPPORTED' | 'refused-ENOENT' | 'refused-EACCES' | 'bug';
 
 const ALLOWED_OPEN = new Set(['EBADIMAGE', 'EUNSUPPORTED', 'ENOENT', 'EACCES']);
+const MEMORY_ERRORS = new Set(['EBADIMAGE', 'EUNSUPPORTED', 'EIO']);
 const FULL_READ_LIMIT = 16 * 1024 * 1024;
 const CHUNK = 64 * 1024;
 
@@ -342,6 +356,14 @@ function exercise(file: string, rng: Rng): { outcome: Outcome; eio: number } {
       views.push([`snapshot ${s.index}`, img.snapshotDisk(s)]);
       const vm = img.vmState(s);
       if (vm) views.push([`vmstate ${s.index}`, vm]);
+      // The RAM rebuilt from the VM state: refused with one QcowError, or its .ram/.core read like views.
+      try {
+        const memory = img.memory(s);
+        if (memory?.ram) views.push([`ram ${s.index}`, memory.ram]);
+        if (memory?.core) views.push([`core ${s.index}`, memory.core]);
+      } catch (err) {
+        checkQcowError(err, MEMORY_ERRORS, `memory of snapshot ${s.index}`);
+      }
     }
     const buf = Buffer.alloc(CHUNK);
     for (const [name, disk] of views) {
@@ -381,7 +403,7 @@ function exercise(file: string, rng: Rng): { outcome: Outcome; eio: number } {
 // ---------------------------------------------------------------------------------------------------
 // Seeds and the per-iteration work (in the child)
 
-const SEED_IMAGES = ['base.qcow2', 'snap.qcow2', 'zlib.qcow2', 'zstd.qcow2', 'ext.qcow2', 'chain-top.qcow2', 'v2.qcow2', 'datafile.qcow2', 'seq.qcow2'];
+const SEED_IMAGES = ['base.qcow2', 'snap.qcow2', 'zlib.qcow2', 'zstd.qcow2', 'ext.qcow2', 'chain-top.qcow2', 'v2.qcow2', 'datafile.qcow2', 'seq.qcow2', 'vm.qcow2'];
 /** Files the seed images name (backing and data files), copied beside the mutants. */
 const SIDE_FILES = ['chain-base.qcow2', 'datafile-data.raw'];
 
@@ -390,7 +412,8 @@ function loadSeeds(hostileDir: string, workDir: string): Seed[] {
     const to = path.join(workDir, f);
     if (!fs.existsSync(to)) fs.copyFileSync(path.join(hostileDir, f), to);
   }
-  return SEED_IMAGES.map((f) => describeSeed(f, fs.readFileSync(path.join(hostileDir, f))));
+  // vm.qcow2 (a savevm VM state) is in the catalogue where qemu-system-x86_64 is installed.
+  return SEED_IMAGES.filter((f) => fs.existsSync(path.join(hostileDir, f))).map((f) => describeSeed(f, fs.readFileSync(path.join(hostileDir, f))));
 }
 
 interface IterationResult {

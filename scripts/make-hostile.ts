@@ -48,6 +48,8 @@ export interface HostileEntry {
    * must give, and strings its problem list must contain (reading it never throws).
    */
   partitions?: { numbers: number[]; problems: string[] };
+  /** The RAM in this snapshot's VM state cannot be rebuilt: image.memory() throws this one-line QcowError. */
+  memory?: { snapshot: string; code: 'EBADIMAGE' | 'EUNSUPPORTED'; messageIncludes: string[] };
 }
 
 export interface HostileCatalogue {
@@ -732,6 +734,43 @@ function build(dir: string): HostileEntry[] {
     const p = b.p(e.file);
     if (fs.existsSync(p) && fs.statSync(p).isFile()) fs.chmodSync(p, 0o444);
   }
+  // --- VM state: the RAM in a snapshot's migration stream ------------------------------------------------
+  // A tiny TCG VM (no OS, pc, 16 MiB) saved with savevm; copies patched inside the stream. Each opens and
+  // reads as usual; image.memory() of snapshot s1 is refused with one line (the mount shows no .ram/.core).
+  if (tryRun('qemu-system-x86_64', ['--version'], dir)) {
+    b.qimg('create', '-q', '-f', 'qcow2', 'vm.qcow2', '1M');
+    execFileSync('qemu-system-x86_64', ['-nodefaults', '-display', 'none', '-S', '-machine', 'pc,accel=tcg', '-m', '16M', '-drive', 'file=vm.qcow2,if=none,id=d0,format=qcow2', '-monitor', 'stdio'], {
+      cwd: dir,
+      input: 'savevm s1\nquit\n',
+      stdio: ['pipe', 'ignore', 'pipe'],
+      timeout: 120_000,
+    });
+    const vm = vmStateLayout(b.p('vm.qcow2'));
+    const memory = (name: string, description: string, messageIncludes: string[], patch: (file: string) => void, code: 'EBADIMAGE' | 'EUNSUPPORTED' = 'EBADIMAGE') => {
+      const file = `${name}.qcow2`;
+      patch(b.copy('vm.qcow2', file));
+      b.add({ name, description, file, expect: 'ok', messageIncludes: [], oracles: {}, qemu: 'reads', chunk: 65536, memory: { snapshot: 's1', code, messageIncludes } });
+    };
+    memory('vmstate-block-list-huge', 'the RAM block list claims 2^50 bytes of RAM, more than the VM state can hold', ['block list claims 0x4000000000000 bytes of RAM'], (f) =>
+      put64(f, vm.host(vm.memSizeAt), (1n << 50n) | 4n),
+    );
+    memory('vmstate-truncated', 'vm_state_size cut to 5000 bytes into the first page record: the stream ends inside RAM', ['the stream ends'], (f) => {
+      const size = vm.firstPageAt + 5000;
+      put32(f, vm.entryAt + 32, size);
+      if (vm.extraSize >= 8) put64(f, vm.entryAt + 40, size);
+    });
+    memory('vmstate-page-past-block', 'the first data page record names offset 256 MiB of its block', ['page at 0x10000000 is past the end of ram block'], (f) => {
+      const flags = u64(f, vm.host(vm.firstPageAt)) & 0xfffn;
+      put64(f, vm.host(vm.firstPageAt), 0x1000_0000n | flags);
+    });
+    memory('vmstate-block-name-cut', 'the first block name\'s length byte says 255: the name runs into the following fields', ['VM state', 'ram block'], (f) =>
+      writeAt(f, vm.host(vm.firstNameAt), Buffer.from([255])),
+    );
+    memory('vmstate-ram-never-ends', 'the ram section\'s END is patched to PART: device state follows a RAM section that never ends', ['before the end of RAM'], (f) =>
+      writeAt(f, vm.host(vm.endAt), Buffer.from([2])), 'EUNSUPPORTED',
+    );
+  }
+
   return b.entries;
 }
 
@@ -788,6 +827,52 @@ function makeManySnapshots(b: Builder, file: string, count: number, overlapping?
 }
 
 // ---------------------------------------------------------------------------------------------------
+
+/**
+ * Where things are in the first snapshot's VM state, by the builder's own walk of the stream's RAM part
+ * (QEMU's layout: migration/savevm.c, migration/ram.c): stream offsets, and `host(k)` for the file
+ * position of stream byte k.
+ */
+function vmStateLayout(file: string): { host: (k: number) => number; entryAt: number; extraSize: number; memSizeAt: number; firstNameAt: number; firstPageAt: number; endAt: number } {
+  const g = geometry(file);
+  const snap = snapshotEntries(file)[0]!;
+  const diskSize = snap.extraSize >= 16 ? u64n(file, snap.at + 48) : u64n(file, H.size);
+  const base = Math.ceil(diskSize / g.l2Span) * g.l2Span;
+  const size = snap.extraSize >= 8 ? u64n(file, snap.at + 40) : u32(file, snap.at + 32);
+  const host = (k: number) => Number(u64(file, l2EntryPos(file, g, base + k, snap.l1Offset)) & L2_OFFSET_MASK) + ((base + k) % g.clusterSize);
+  const s = Buffer.alloc(size);
+  for (let k = 0; k < size; k += g.clusterSize) readAt(file, host(k), Math.min(g.clusterSize, size - k)).copy(s, k);
+  let p = 8;
+  if (s[p] === 7) p += 5 + s.readUInt32BE(p + 1); // configuration
+  p += 6 + s[p + 5]! + 8; // the ram section's START header
+  const memSizeAt = p;
+  const total = s.readBigUInt64BE(p) & ~0xfffn;
+  p += 8;
+  const firstNameAt = p;
+  for (let sum = 0n; sum < total; ) {
+    const n = s[p]!;
+    sum += s.readBigUInt64BE(p + 1 + n);
+    p += 1 + n + 8;
+  }
+  let firstPageAt = -1;
+  let endAt = -1;
+  for (;;) {
+    for (;;) {
+      const at = p;
+      const flags = Number(s.readBigUInt64BE(p) & 0xfffn);
+      p += 8;
+      if (flags & 0x10) break; // end of section
+      if (!(flags & 0x20)) p += 1 + s[p]!; // block name
+      if (flags & 0x08 && firstPageAt < 0) firstPageAt = at;
+      p += flags & 0x08 ? 4096 : 1;
+    }
+    if (endAt >= 0) break;
+    if (s[p] === 0x7e) p += 5; // footer
+    if (s[p] === 3) endAt = p;
+    p += 5; // PART or END header
+  }
+  return { host, entryAt: snap.at, extraSize: snap.extraSize, memSizeAt, firstNameAt, firstPageAt, endAt };
+}
 
 function stampOf(): string {
   const source = fs.readFileSync(fileURLToPath(import.meta.url));

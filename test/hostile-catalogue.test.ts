@@ -250,3 +250,29 @@ describe.skipIf(!ready)('hostile catalogue: bounded memory and time', () => {
     }
   });
 });
+
+describe.skipIf(!ready)('hostile catalogue: VM states whose RAM cannot be rebuilt', () => {
+  const entries = catalogue.entries.filter((e) => e.memory);
+  it('has the VM-state entries the issue names', () => {
+    if (!toolsAvailable('qemu-system-x86_64')) return;
+    expect(entries.map((e) => e.name).sort()).toEqual(['vmstate-block-list-huge', 'vmstate-block-name-cut', 'vmstate-page-past-block', 'vmstate-ram-never-ends', 'vmstate-truncated']);
+  });
+  it.each(entries.map((e) => [e.name, e] as const))('%s: image.memory() is one QcowError, quickly; the VM state still reads', (_name, e) => {
+    const file = abs(e.file);
+    const img = openImageSync(file);
+    try {
+      const s = img.findSnapshot(e.memory!.snapshot)!;
+      const started = performance.now();
+      const before = process.memoryUsage().rss;
+      expectOneLine(catchError(() => img.memory(s)), file, e.memory!.code, e.memory!.messageIncludes);
+      expect(performance.now() - started).toBeLessThan(VIEW_MS);
+      expect(process.memoryUsage().rss - before).toBeLessThan(64 * 2 ** 20);
+      // The same error again, from the kept result, and the raw VM state is still served.
+      expectOneLine(catchError(() => img.memory(s)), file, e.memory!.code, []);
+      const vm = img.vmState(s)!;
+      expect(vm.readSync(Buffer.alloc(4096), 0)).toBe(Math.min(4096, vm.size));
+    } finally {
+      img.close();
+    }
+  });
+});
