@@ -17,6 +17,7 @@ import { type MountRequest, type Mounted, MOUNTS, PEERS, type PeerName, STATE, m
 import { type BenchResults, type ScenarioResult, renderMarkdown, renderConsole } from './bench/report.js';
 import { benchRemote, renderRemote } from './bench/remote.js';
 import { benchVolume } from './bench/volume-diff.js';
+import { benchGuestRam } from './bench/guest-ram.js';
 import { ALL_SEQ_BYTES, DEFAULT_SEQ_BYTES, type RunOptions, WORKLOADS, type Workload } from './bench/workloads.js';
 import {
   GiB,
@@ -56,7 +57,7 @@ interface Args {
   workloads?: Set<string>;
 }
 
-const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory', 'volume', 'diagnostics', 'remote'] as const;
+const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory', 'volume', 'guest-ram', 'diagnostics', 'remote'] as const;
 
 function parseArgs(argv: string[]): Args {
   const a: Args = { quick: false, rounds: 3, skip: new Set(), out: '', seconds: 3, seqBytes: DEFAULT_SEQ_BYTES, waitQuietMinutes: 0 };
@@ -585,6 +586,11 @@ async function main(): Promise<void> {
     log('partition files and the metadata diff (scripts/bench/volume-diff.ts)');
     results.volume = await benchVolume(args.rounds);
     results.load.push({ when: 'after volume', avg: loadAverage() });
+  }
+  if (wanted(args, 'guest-ram')) {
+    log('guest RAM from a VM state: sequential .ram against .vmstate');
+    results.guestRam = await benchGuestRam(Math.max(3, args.rounds));
+    results.load.push({ when: 'after guest-ram', avg: loadAverage() });
   }
   const full = all.find((sc) => sc.id === 'full');
   if (wanted(args, 'diagnostics') && full && have('perf')) {

@@ -21,7 +21,7 @@ const RECIPE = 'memory-1';
 const DATA_BYTES = 768 * MiB;
 
 /** bench-work/images/memory.qcow2, built when missing or outdated. */
-export async function memoryImage(): Promise<string> {
+export async function guestRamImage(): Promise<string> {
   const dir = path.join(WORK, 'images');
   const image = path.join(dir, 'memory.qcow2');
   const stamp = `${image}.stamp`;
@@ -58,7 +58,7 @@ function readAll(disk: Disk, length: number): number {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-export interface MemoryBench {
+export interface GuestRamBench {
   vmStateBytes: number;
   ramBytes: number;
   indexSeconds: number;
@@ -67,8 +67,8 @@ export interface MemoryBench {
   ramMBs: number;
 }
 
-export async function benchMemory(rounds = 5): Promise<MemoryBench> {
-  const file = await memoryImage();
+export async function benchGuestRam(rounds = 5): Promise<GuestRamBench> {
+  const file = await guestRamImage();
   fs.readFileSync(file); // page cache warm
   const image = openImageSync(file);
   try {
@@ -97,7 +97,7 @@ export async function benchMemory(rounds = 5): Promise<MemoryBench> {
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname)) {
-  const r = await benchMemory();
+  const r = await benchGuestRam();
   console.log(
     `VM state ${(r.vmStateBytes / MiB).toFixed(0)} MiB: .vmstate sequential ${r.vmstateMBs.toFixed(0)} MB/s; .ram (1 GiB) ${r.ramMBs.toFixed(0)} MB/s; indexing ${r.indexSeconds.toFixed(2)} s, index ${r.indexBytes} bytes (medians of 5)`,
   );

@@ -54,6 +54,8 @@ export interface BenchResults {
   memory: Record<string, MemoryResult>;
   /** Partition files vs the same range of active.raw; the metadata diff vs qemu-img compare (scripts/bench/volume-diff.ts). */
   volume?: VolumeBenchResult;
+  /** Guest RAM from a VM state: sequential reads of .ram against .vmstate, through the library (medians). */
+  guestRam?: { vmStateBytes: number; ramBytes: number; indexSeconds: number; indexBytes: number; vmstateMBs: number; ramMBs: number };
   /** One pass with perf stat on each daemon: context switches and CPU per FUSE request (4 KiB or 128 KiB). */
   diagnostics: Record<string, { title: string; metric: Metric; peers: Partial<Record<PeerName, { value: number; switchesPerRequest: number; cpuUsPerRequest: number }>> }>;
   durationSeconds: number;
@@ -277,6 +279,14 @@ export function renderMarkdown(r: BenchResults): string {
     L.push('');
   }
 
+  if (r.guestRam) {
+    const g = r.guestRam;
+    L.push('## Guest RAM from a VM state (.ram against .vmstate)');
+    L.push('');
+    L.push(`Sequential 1 MiB reads through the library, page cache warm, medians: .vmstate (${(g.vmStateBytes / 2 ** 20).toFixed(0)} MiB) ${g.vmstateMBs.toFixed(0)} MB/s, .ram (${(g.ramBytes / 2 ** 20).toFixed(0)} MiB) ${g.ramMBs.toFixed(0)} MB/s; indexing the VM state ${g.indexSeconds.toFixed(2)} s into ${g.indexBytes} bytes.`);
+    L.push('');
+  }
+
   if (Object.keys(r.diagnostics ?? {}).length) {
     L.push('## Where the time goes: daemon context switches and CPU per FUSE request');
     L.push('');
@@ -339,6 +349,7 @@ export function renderConsole(r: BenchResults): string {
     const parts = Object.entries(m.peers).map(([p, x]) => `${p}: mount ${cell(x.mountMs, 'ms')}, RSS ${cell(x.rssAfterReadsKiB.map((k) => k / 1024), 'MiB')}`);
     L.push(`== memory ${name}: ${parts.join('; ')}`);
   }
+  if (r.guestRam) L.push(`== guest RAM: .vmstate ${r.guestRam.vmstateMBs.toFixed(0)} MB/s, .ram ${r.guestRam.ramMBs.toFixed(0)} MB/s, indexing ${r.guestRam.indexSeconds.toFixed(2)} s`);
   L.push('');
   L.push('Goals (issue 4):');
   for (const g of goals(r)) L.push(`  [${g.value === undefined ? ' ? ' : g.value >= g.target ? ' ok' : g.soft ? ' ~ ' : 'NO '}] ${g.goal}: ${g.value === undefined ? 'n/a' : `${g.value.toFixed(2)}x`} (${g.measured})`);
