@@ -128,11 +128,11 @@ export class BlockPages {
   }
 
   /**
-   * Copies block bytes [offset, offset + length) into `into` at `intoAt`. Consecutive data pages are
-   * read from the VM state in one read (their 8-byte record headers are skipped in memory), so a
-   * sequential reader costs about what reading the VM state costs.
+   * Copies block bytes [offset, offset + length) into `into` at `intoAt`. Consecutive data pages come
+   * from one read of the VM state (their 8-byte record headers are skipped in memory), through `window`,
+   * which reads ahead within the run, so a sequential reader costs about what reading the VM state costs.
    */
-  read(into: Uint8Array, intoAt: number, offset: number, length: number, vmState: Disk, scratch: () => Buffer): void {
+  read(into: Uint8Array, intoAt: number, offset: number, length: number, window: StreamWindow): void {
     const ps = this.pageSize;
     const end = offset + length;
     let pos = offset;
@@ -151,17 +151,16 @@ export class BlockPages {
         pos = spanEnd;
         continue;
       }
-      // Data pages: read as many as fit in the scratch buffer with one read of the stream.
-      const buf = scratch();
-      const pagesFit = Math.max(1, Math.floor(buf.length / this.stride));
+      // Data pages: as many as the window holds, from one stretch of the stream.
+      const pagesFit = Math.max(1, Math.floor(StreamWindow.BYTES / this.stride));
       const lastPage = Math.min(Math.ceil(spanEnd / ps), page + pagesFit) - 1;
       const stop = Math.min(spanEnd, (lastPage + 1) * ps);
       const first = w + (page - this.starts[r]) * this.stride;
       const from = first + (pos - page * ps);
       const to = first + (lastPage - page) * this.stride + (stop - lastPage * ps);
-      const got = vmState.readSync(buf.subarray(0, to - from), from);
-      if (got !== to - from) throw new QcowError('EIO', this.file, `VM state ends before page ${lastPage} of RAM block "${this.name}"`);
-      let src = 0;
+      const runDataEnd = w + (this.runEnd(r) - this.starts[r]) * this.stride - 8;
+      const { buf, at } = window.get(from, to, runDataEnd, this);
+      let src = at;
       let p = pos;
       while (p < stop) {
         const pageEnd = Math.min(stop, (Math.floor(p / ps) + 1) * ps);
@@ -171,7 +170,7 @@ export class BlockPages {
       }
       pos = stop;
     }
-    if (this.resent) this.readResent(into, intoAt, offset, length, vmState);
+    if (this.resent) this.readResent(into, intoAt, offset, length, window.vmState);
   }
 
   /**
@@ -208,5 +207,31 @@ export class BlockPages {
       if (w < 0) into.fill(-1 - w, dst, dst + (b - a));
       else vmState.readSync(into.subarray(dst, dst + (b - a)), w + (a - page * ps));
     }
+  }
+}
+
+/**
+ * The stretch of the VM state last read for data pages, kept so that a sequential reader's next pages
+ * (FUSE asks for 128 KiB at a time) come from memory: about one read of the VM state per MiB. Reads
+ * are synchronous, so one window serves every block of a VM state.
+ */
+export class StreamWindow {
+  static readonly BYTES = 1024 * 1024;
+  private readonly buf = Buffer.allocUnsafe(StreamWindow.BYTES);
+  private from = 0;
+  private to = 0;
+
+  constructor(readonly vmState: Disk) {}
+
+  /** Stream bytes [from, to) (at most BYTES), reading ahead up to `limit` when not held. */
+  get(from: number, to: number, limit: number, block: BlockPages): { buf: Buffer; at: number } {
+    if (from >= this.from && to <= this.to) return { buf: this.buf, at: from - this.from };
+    const end = Math.max(to, Math.min(limit, from + StreamWindow.BYTES));
+    this.to = 0; // nothing valid while reading: a failed read leaves nothing behind
+    const got = this.vmState.readSync(this.buf.subarray(0, end - from), from);
+    if (got < to - from) throw new QcowError('EIO', block.file, `VM state ends before the pages of RAM block "${block.name}" at ${from}`);
+    this.from = from;
+    this.to = from + got;
+    return { buf: this.buf, at: 0 };
   }
 }

@@ -3,7 +3,7 @@ import { readAsPromise } from '../disk/disk.js';
 import { ExtentList } from '../disk/extent-list.js';
 import { type CoreLayout, encodeCoreHeader } from '../format/elf-core.js';
 import type { StreamContext } from '../format/migration-stream.js';
-import type { BlockPages } from './block-pages.js';
+import { type BlockPages, StreamWindow } from './block-pages.js';
 import { type RamIndex, indexRam } from './ram-index.js';
 import { type PhysicalMap, type PhysicalRange, x86PhysicalMap } from './x86-map.js';
 
@@ -67,19 +67,20 @@ export function openGuestMemory(vmState: Disk, ctx: StreamContext, options: Memo
 /** Reads physical ranges from their blocks' pages. */
 class RangeReader {
   private readonly blocks: Map<string, BlockPages>;
-  private scratchBuffer: Buffer | undefined;
+  private readonly window: StreamWindow;
 
   constructor(
     index: RamIndex,
     readonly ranges: readonly PhysicalRange[],
-    private readonly vmState: Disk,
+    vmState: Disk,
   ) {
     this.blocks = new Map(index.blocks.map((b) => [b.name, b]));
+    this.window = new StreamWindow(vmState);
   }
 
   /** Reads `length` bytes at `offset` into range `r` into `into[intoAt...]`. */
   read(r: PhysicalRange, offset: number, into: Uint8Array, intoAt: number, length: number): void {
-    this.block(r).read(into, intoAt, r.blockOffset + offset, length, this.vmState, this.scratch);
+    this.block(r).read(into, intoAt, r.blockOffset + offset, length, this.window);
   }
 
   /** Stretches of range `r` in [offset, offset + length), relative to the range's start. */
@@ -92,9 +93,6 @@ class RangeReader {
     if (!block) throw new Error(`no RAM block ${r.block}`);
     return block;
   }
-
-  /** One 1 MiB buffer for reading runs of pages (reads are synchronous, so one is enough). */
-  private readonly scratch = (): Buffer => (this.scratchBuffer ??= Buffer.allocUnsafe(1024 * 1024));
 }
 
 function clamp(size: number, length: number, position: number): number {
