@@ -12,4 +12,5 @@ export default function setup(): void {
   execFileSync('bash', [path.join(repoRoot, 'scripts/make-fixtures.sh')], { stdio: 'inherit', cwd: repoRoot });
   if (toolsAvailable('sfdisk', 'sgdisk', 'jq', 'losetup', 'mkfs.ext4')) execFileSync('bash', [path.join(repoRoot, 'scripts/make-partition-fixtures.sh')], { stdio: 'inherit', cwd: repoRoot });
   execFileSync('bash', [path.join(repoRoot, 'scripts/make-memory-fixtures.sh')], { stdio: 'inherit', cwd: repoRoot });
+  execFileSync('bash', [path.join(repoRoot, 'scripts/make-crypt-fixtures.sh')], { stdio: 'inherit', cwd: repoRoot });
 }
