@@ -256,7 +256,7 @@ retry qemu-img create "${SECRETS[@]}" -q -f qcow2 -o encrypt.format=luks,encrypt
 qio qcow2 top.qcow2 sb sa -- "write -P 0x77 0 4096"
 oracle active.raw qcow2 top.qcow2 sb sa
 cd ..
-entry chain-luks-v1aes qcow2 top.qcow2 key-b,key-a 'LUKS qcow2 (key b) over an AES qcow v1 (key a)'
+entry chain-luks-v1aes qcow2 top.qcow2 key-a,key-b 'LUKS qcow2 (key b) over an AES qcow v1 (key a): AES takes the first key given, LUKS the first that opens it'
 
 rm -f src.raw
 { printf '{"qemu":"%s","images":[' "$(qemu-img --version | head -n1)"; (IFS=,; printf '%s' "${MANIFEST[*]}"); printf ']}\n'; } >manifest.json

@@ -3,10 +3,11 @@
  * so a command can print `err.message` as its one line.
  *
  * - `EBADIMAGE`: the image (or a file it names) is refused at open: nothing is served.
- * - `EUNSUPPORTED`: a valid image that uses something we do not read yet (encryption, qcow v1).
+ * - `EUNSUPPORTED`: a valid image that uses something we do not read (a cipher OpenSSL lacks, LUKS2).
  * - `EIO`: a bad region found while reading; only that read fails.
+ * - `ENOKEY`: the image is encrypted and no passphrase was given for it.
  */
-export type QcowErrorCode = 'EBADIMAGE' | 'EUNSUPPORTED' | 'EIO' | 'ENOENT' | 'EACCES' | 'EINVAL';
+export type QcowErrorCode = 'EBADIMAGE' | 'EUNSUPPORTED' | 'EIO' | 'ENOENT' | 'EACCES' | 'EINVAL' | 'ENOKEY';
 
 export class QcowError extends Error {
   readonly code: QcowErrorCode;

@@ -5,9 +5,11 @@ import { ClusterReader } from './disk/cluster-reader.js';
 import type { Disk } from './disk/disk.js';
 import { Qcow2Disk } from './disk/qcow2-disk.js';
 import { RawDisk } from './disk/raw-disk.js';
+import { type DataDecryption, type EncryptionInfo, type KeyOptions, openEncryption } from './encryption.js';
 import { QcowError } from './errors.js';
 import { type Header, decodeHeader, headerBytesWanted, l2EntriesPerTable, probeMagic } from './format/header.js';
 import { BlockCache } from './io/block-cache.js';
+import { QCOW1_HEADER_BYTES, decodeQcow1Header, qcow1AsHeader } from './format/qcow1-header.js';
 import { HostFile } from './io/host-file.js';
 import type { ImageFile } from './io/image-file.js';
 import { DEFAULT_REMOTE_BLOCK_SIZE, DEFAULT_REMOTE_CACHE_SIZE, RemoteFile, type RemoteOptions, type RemoteStats } from './io/remote-file.js';
@@ -15,9 +17,10 @@ import { isRemoteName, parseRemoteUrl, redactUrl, resolveRemoteName, sameOrigin 
 import { Snapshot, readSnapshotTable } from './snapshot.js';
 import { loadL1Table } from './translate/l1-table.js';
 import { type GuestMemory, type MemoryOptions, openGuestMemory } from './memory/guest-memory.js';
-import { Qcow2Map } from './translate/qcow2-map.js';
+import { Qcow1Map, loadQcow1L1 } from './translate/qcow1-map.js';
+import { type GuestMap, Qcow2Map } from './translate/qcow2-map.js';
 
-export interface OpenOptions extends CacheOptions {
+export interface OpenOptions extends CacheOptions, KeyOptions {
   /** Longest backing chain followed below the top image (default 32). */
   maxChainDepth?: number;
   /** Admit block devices as backing or data files (default: regular files only). */
@@ -59,7 +62,7 @@ export interface RemoteSource {
   stats(): RemoteStats;
 }
 
-export type ImageFormat = 'qcow2' | 'raw';
+export type ImageFormat = 'qcow2' | 'qcow' | 'raw';
 
 /** One image of the backing chain below the top one. */
 export interface BackingLink {
@@ -74,14 +77,25 @@ export interface BackingLink {
   formatSource: 'header' | 'probed';
   /** Virtual size (for raw: the file size rounded up to whole 512-byte sectors, as QEMU counts it). */
   size: number;
-  /** For qcow2 links. */
+  /** For qcow2 and qcow links. */
   header?: Header;
+  /** For an encrypted link: what its encryption is (never a key), and whether a key opened it. */
+  encryption?: EncryptionInfo;
 }
 
-/** An opened qcow2 image: its header, snapshots and backing chain, and a Disk for every view. */
+/** An opened qcow2 (or qcow v1) image: its header, snapshots and backing chain, and a Disk for every view. */
 export interface QcowImage {
   readonly path: string;
+  /** 'qcow' for a qcow version 1 image (its header is shown in the qcow2 shape, version 1). */
+  readonly format: 'qcow2' | 'qcow';
   readonly header: Header;
+  /** For an encrypted image: what its encryption is (never a key), and whether a key opened it. */
+  readonly encryption?: EncryptionInfo;
+  /**
+   * Encrypted images of the chain (this one or its backing files) that no passphrase was given for:
+   * reading their data fails (ENOKEY); a command refuses to serve or export such an image.
+   */
+  readonly locked: readonly string[];
   readonly fileSize: number;
   readonly mtime: Date;
   readonly snapshots: readonly Snapshot[];
@@ -120,12 +134,13 @@ export async function openImage(imagePath: string, options: OpenOptions = {}): P
 }
 
 export function openImageSync(imagePath: string, options: OpenOptions = {}): QcowImage {
-  const ctx: ChainContext = { options, caches: new SharedCaches(options), opened: [], chain: [] };
+  const ctx: ChainContext = { options, caches: new SharedCaches(options), opened: [], chain: [], readers: [], locked: [] };
   try {
     const at: LayerLocation = isRemoteName(imagePath) ? remoteLocation(imagePath) : { path: path.resolve(imagePath), seen: [] };
-    const top = openLayer({ ...at, format: 'qcow2' }, 0, ctx);
+    const top = openLayer({ ...at, top: true }, 0, ctx);
     return buildImage(top, ctx);
   } catch (err) {
+    for (const r of ctx.readers) r.close();
     for (const f of ctx.opened) f.close();
     throw err;
   }
@@ -142,6 +157,9 @@ interface ChainContext {
   /** For remote images: one block cache for the chain, and the top image's URL (whose server gets the headers). */
   remoteCache?: BlockCache;
   topUrl?: URL;
+  /** Every cluster reader made, closed (keys zeroed) together. */
+  readonly readers: ClusterReader[];
+  readonly locked: string[];
 }
 
 /** Where one image of the chain is, and how to read it. */
@@ -156,6 +174,8 @@ interface LayerLocation {
   format?: ImageFormat;
   /** Real paths of the images above, to refuse a cycle. */
   seen: string[];
+  /** The image opened by name: qcow2 or qcow v1 (told by the header), never raw. */
+  top?: boolean;
 }
 
 /** One opened image of the chain: the top image's is what its views are built from. */
@@ -164,10 +184,12 @@ interface Layer {
   /** Its active view, merged with the images below it. */
   disk: Disk;
   header?: Header;
-  map?: Qcow2Map;
+  format?: 'qcow2' | 'qcow';
+  map?: GuestMap;
   reader?: ClusterReader;
   backing?: Disk;
   dataFilePath?: string;
+  encryption?: EncryptionInfo;
 }
 
 /**
@@ -179,7 +201,7 @@ function openLayer(at: LayerLocation, depth: number, ctx: ChainContext): Layer {
   const open = () => (at.url ? RemoteFile.open(at.url, remoteOptions(at.url, ctx)) : HostFile.open(at.path, at.namedBy ? { allowNonRegular: options.allowNonRegularFiles } : {}));
   const file = at.namedBy ? openNamedFile(at.namedBy.image, 'backing file', at.namedBy.name, at.path, open) : open();
   ctx.opened.push(file);
-  const format = at.format ?? probeFormat(file);
+  const format = at.top ? 'qcow2' : (at.format ?? probeFormat(file));
   const link = at.namedBy ? { depth, name: at.namedBy.name, path: file.path, format, formatSource: at.format ? ('header' as const) : ('probed' as const) } : undefined;
   if (format === 'raw') {
     const disk = new RawDisk(file, depth);
@@ -187,11 +209,12 @@ function openLayer(at: LayerLocation, depth: number, ctx: ChainContext): Layer {
     return { file, disk };
   }
 
+  const head = Buffer.alloc(Math.min(file.size, 8));
+  file.readAt(head, 0, head.length, 0, 'header');
+  if (probeMagic(head).qcow && probeMagic(head).version === 1) return openQcow1Layer(file, at, depth, ctx, link && { ...link, format: 'qcow' as const });
   const header = readHeader(file);
-  if (header.cryptMethod !== 'none') {
-    throw new QcowError('EUNSUPPORTED', file.path, `encrypted images (${header.cryptMethod === 'aes' ? 'AES-CBC' : 'LUKS'}) are not supported yet`);
-  }
-  if (link) ctx.chain.push({ ...link, size: header.size, header });
+  const linkAt = ctx.chain.length;
+  if (link) ctx.chain.push({ ...link, format: 'qcow2', size: header.size, header });
   let dataFile: ImageFile = file;
   let dataFilePath: string | undefined;
   if (header.hasDataFile) {
@@ -210,11 +233,47 @@ function openLayer(at: LayerLocation, depth: number, ctx: ChainContext): Layer {
     ctx.opened.push(dataFile);
   }
   const map = new Qcow2Map(header, file, dataFile, caches);
-  const reader = new ClusterReader(dataFile, header.compressionType, header.clusterSize, caches);
+  const crypt = openLayerEncryption(file, header, ctx);
+  if (link && crypt.encryption) ctx.chain[linkAt]!.encryption = crypt.encryption;
+  const reader = new ClusterReader(dataFile, header.compressionType, header.clusterSize, caches, crypt.decryption, crypt.locked);
+  ctx.readers.push(reader);
   const backing = depth === 0 && options.noBacking ? undefined : openBacking(file, header, depth + 1, ctx, [...at.seen, identity(at)]);
   const l1 = loadL1Table(file, header.l1TableOffset, header.l1Size, header.clusterSize, 'active');
-  const disk = new Qcow2Disk(map, reader, () => l1, header.size, backing, depth);
-  return { file, disk, header, map, reader, backing, dataFilePath };
+  // QEMU counts whole sectors: a header size that is not a multiple of 512 is rounded down.
+  const disk = new Qcow2Disk(map, reader, () => l1, roundToSector(header.size), backing, depth);
+  return { file, disk, header, format: 'qcow2', map, reader, backing, dataFilePath, encryption: crypt.encryption };
+}
+
+/** A qcow version 1 image of the chain: no snapshots, no data file, AES or no encryption. */
+function openQcow1Layer(file: ImageFile, at: LayerLocation, depth: number, ctx: ChainContext, link: Omit<BackingLink, 'size'> | undefined): Layer {
+  const v1 = decodeQcow1Header(file.readExact(0, Math.min(file.size, QCOW1_HEADER_BYTES), 'header'), file.path, file.size);
+  const backingName = v1.backingFileOffset ? file.readExact(v1.backingFileOffset, v1.backingFileSize, 'backing file name').toString('utf8') : undefined;
+  const header = qcow1AsHeader(v1, backingName);
+  const linkAt = ctx.chain.length;
+  if (link) ctx.chain.push({ ...link, size: header.size, header });
+  const crypt = openLayerEncryption(file, header, ctx);
+  if (link && crypt.encryption) ctx.chain[linkAt]!.encryption = crypt.encryption;
+  const map = new Qcow1Map(v1, file, ctx.caches);
+  const reader = new ClusterReader(file, 'zlib', v1.clusterSize, ctx.caches, crypt.decryption, crypt.locked);
+  ctx.readers.push(reader);
+  const backing = depth === 0 && ctx.options.noBacking ? undefined : openBacking(file, header, depth + 1, ctx, [...at.seen, identity(at)]);
+  const l1 = loadQcow1L1(v1, file);
+  const disk = new Qcow2Disk(map, reader, () => l1, v1.size, backing, depth);
+  return { file, disk, header, format: 'qcow', map, reader, backing, encryption: crypt.encryption };
+}
+
+/** An encrypted layer's decryption, with the keys given; a layer no key was given for is locked. */
+function openLayerEncryption(file: ImageFile, header: Header, ctx: ChainContext): { encryption?: EncryptionInfo; decryption?: DataDecryption; locked?: QcowError } {
+  if (header.cryptMethod === 'none') return {};
+  const { info, decryption } = openEncryption(file, header.cryptMethod, header.encryption, ctx.options);
+  if (decryption) return { encryption: info, decryption };
+  ctx.locked.push(file.path);
+  const kind = header.cryptMethod === 'luks' ? 'LUKS' : 'AES';
+  return { encryption: info, locked: new QcowError('ENOKEY', file.path, `is encrypted (${kind}) and no passphrase was given for it`) };
+}
+
+function roundToSector(size: number): number {
+  return size - (size % 512);
 }
 
 /** The backing file an image names, opened as the next layer down (undefined where it names none). */
@@ -232,25 +291,28 @@ function openBacking(naming: ImageFile, header: Header, depth: number, ctx: Chai
   // An empty backing format extension means "probe", as in QEMU.
   let format: ImageFormat | undefined;
   if (header.backingFormat !== undefined && header.backingFormat !== '') {
-    if (header.backingFormat === 'qcow2' || header.backingFormat === 'raw') format = header.backingFormat;
+    if (header.backingFormat === 'qcow2' || header.backingFormat === 'raw' || header.backingFormat === 'qcow') format = header.backingFormat;
     else if (header.backingFormat === 'file') format = 'raw';
-    else throw new QcowError('EUNSUPPORTED', namingPath, `backing file ${name} has format "${header.backingFormat}", which is not supported (qcow2 and raw are)`);
+    else throw new QcowError('EUNSUPPORTED', namingPath, `backing file ${name} has format "${header.backingFormat}", which is not supported (qcow2, qcow and raw are)`);
   }
   return openLayer({ ...where, namedBy: { image: namingPath, name }, format, seen }, depth, ctx).disk;
 }
 
 /** The image's views, built on its top layer. */
 function buildImage(top: Layer, ctx: ChainContext): QcowImage {
-  const { file, header, map, reader, backing } = top as Required<Layer>;
+  const { file, header, map, reader, backing, format } = top as Required<Layer>;
   const { caches } = ctx;
   const l2Span = l2EntriesPerTable(header) * header.clusterSize;
-  const snapshots = readSnapshotTable(file, header).map((e) => new Snapshot(e, header.size, l2Span, file, header.clusterSize, caches.snapshotL1));
+  const snapshots = (format === 'qcow' ? [] : readSnapshotTable(file, header)).map((e) => new Snapshot(e, header.size, l2Span, file, header.clusterSize, caches.snapshotL1));
   const disks = new Map<Snapshot, Disk>();
   const vmStates = new Map<Snapshot, Disk>();
   const memories = new Map<string, GuestMemory | QcowError>();
   const image: QcowImage = {
     path: file.path,
+    format,
     header,
+    encryption: top.encryption,
+    locked: ctx.locked,
     fileSize: file.size,
     mtime: file.mtime,
     snapshots,
@@ -297,6 +359,7 @@ function buildImage(top: Layer, ctx: ChainContext): QcowImage {
       return snapshots.find((s) => s.uniqueId === idOrName) ?? snapshots.find((s) => s.name === idOrName);
     },
     close() {
+      for (const r of ctx.readers) r.close();
       for (const f of ctx.opened) f.close();
       caches.l2.clear();
       caches.clusters.clear();
@@ -353,8 +416,7 @@ function probeFormat(file: ImageFile): ImageFormat {
   file.readAt(head, 0, head.length, 0, 'header');
   const { qcow, version } = probeMagic(head);
   if (qcow) {
-    if (version === 1) throw new QcowError('EUNSUPPORTED', file.path, 'qcow version 1 backing files are not supported');
-    return 'qcow2';
+    return version === 1 ? 'qcow' : 'qcow2';
   }
   for (const [fmt, magic] of FOREIGN_MAGICS) {
     if (head.subarray(0, magic.length).equals(magic)) throw new QcowError('EUNSUPPORTED', file.path, `looks like a ${fmt} image, which is not supported as a backing file`);

@@ -1,6 +1,7 @@
 import type { SharedCaches } from '../caches.js';
 import { DecompressError, decompressCluster } from '../codec/decompress.js';
 import { QcowError, hex } from '../errors.js';
+import type { DataDecryption } from '../encryption.js';
 import type { CompressionType } from '../format/header.js';
 import { type ImageFile, fileOffsetKey } from '../io/image-file.js';
 import type { Run } from '../translate/qcow2-map.js';
@@ -8,7 +9,9 @@ import type { Run } from '../translate/qcow2-map.js';
 /**
  * Reads the guest bytes of one qcow2 file's runs from where they are stored: data runs straight from the
  * data file, compressed clusters inflated once into the shared cluster cache (or by the inflate pool,
- * ahead of a sequential reader). What a run's bytes need before they are served happens here.
+ * ahead of a sequential reader). What a run's bytes need before they are served happens here: data runs
+ * of an encrypted image are decrypted per 512-byte sector (compressed clusters never are: QEMU stores
+ * them in the clear and inflates them without decrypting).
  */
 export class ClusterReader {
   constructor(
@@ -17,7 +20,14 @@ export class ClusterReader {
     readonly compressionType: CompressionType,
     readonly clusterSize: number,
     private readonly caches: SharedCaches,
+    /** Set for an encrypted image that a key opened. */
+    private readonly decryption?: DataDecryption,
+    /** Set for an encrypted image that no key opened: reading its data is refused with this. */
+    private readonly locked?: QcowError,
   ) {}
+
+  /** A read's sectors that start or end mid-sector are decrypted here, then copied out. */
+  private bounce = Buffer.alloc(0);
 
   /** Whether worker threads can inflate clusters ahead of a reader. */
   get inflatesAhead(): boolean {
@@ -30,12 +40,38 @@ export class ClusterReader {
    * readData transform bytes (decryption) must make this false.
    */
   get servesHostBytes(): boolean {
-    return true;
+    return this.decryption === undefined && this.locked === undefined;
   }
 
-  /** Reads `length` bytes of a data run at host offset `host` into `into[dst..]`. */
-  readData(into: Uint8Array, dst: number, length: number, host: number): void {
-    this.dataFile.readAt(into, dst, length, host, 'guest data');
+  /**
+   * Reads `length` bytes of a data run at host offset `host` (guest offset `guest` in its L1 space) into
+   * `into[dst..]`, decrypted where the image is encrypted.
+   */
+  readData(into: Uint8Array, dst: number, length: number, host: number, guest: number): void {
+    const d = this.decryption;
+    if (!d) {
+      if (this.locked) throw this.locked;
+      this.dataFile.readAt(into, dst, length, host, 'guest data');
+      return;
+    }
+    const lead = host % 512;
+    const span = Math.ceil((lead + length) / 512) * 512;
+    if (lead === 0 && span === length) {
+      this.dataFile.readAt(into, dst, length, host, 'guest data');
+      d.decrypt(into.subarray(dst, dst + length), host, guest);
+      return;
+    }
+    if (this.bounce.length < span) this.bounce = Buffer.alloc(Math.max(span, 64 * 1024));
+    const sectors = this.bounce.subarray(0, span);
+    this.dataFile.readAt(sectors, 0, span, host - lead, 'guest data');
+    d.decrypt(sectors, host - lead, guest - lead);
+    into.set(sectors.subarray(lead, lead + length), dst);
+  }
+
+  /** Zeroes the key this reader decrypts with. */
+  close(): void {
+    this.decryption?.close();
+    this.bounce.fill(0);
   }
 
   /** The inflated contents of a compressed run's cluster. */

@@ -1,10 +1,10 @@
-import { type Qcow2Map, Run, RunKind } from '../translate/qcow2-map.js';
+import { type GuestMap, Run, RunKind } from '../translate/qcow2-map.js';
 import type { ClusterReader } from './cluster-reader.js';
 import { type Disk, type Extent, clampLength, readAsPromise } from './disk.js';
 import { ExtentList } from './extent-list.js';
 
 /**
- * A disk seen through one L1 table of a qcow2 file: the active disk (the header's L1), a snapshot's
+ * A disk seen through one L1 table of a qcow2 (or qcow v1) file: the active disk (the header's L1), a snapshot's
  * disk, or (with `origin` past the disk) a snapshot's VM state. A read asks the map for one run at a
  * time and serves it: data from the data file, zeros, the backing disk (zeros past its end or where
  * there is none), or a compressed cluster through the cluster reader.
@@ -18,7 +18,7 @@ export class Qcow2Disk implements Disk {
   private aheadTo = 0;
 
   constructor(
-    readonly map: Qcow2Map,
+    readonly map: GuestMap,
     readonly reader: ClusterReader,
     /** The view's L1 table (loaded on first use). */
     readonly l1: () => Float64Array,
@@ -42,7 +42,7 @@ export class Qcow2Disk implements Disk {
       map.mapRun(l1, origin, position + done, length - done, run);
       switch (run.kind) {
         case RunKind.Data:
-          reader.readData(into, done, run.length, run.host);
+          reader.readData(into, done, run.length, run.host, origin + position + done);
           break;
         case RunKind.Zero:
           into.fill(0, done, done + run.length);

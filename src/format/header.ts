@@ -51,7 +51,8 @@ export type CompressionType = 'zlib' | 'zstd';
 export type CryptMethod = 'none' | 'aes' | 'luks';
 
 export interface Header {
-  version: 2 | 3;
+  /** 1: a qcow version 1 image, decoded by qcow1-header.ts and shown in this shape (see `qcow1`). */
+  version: 1 | 2 | 3;
   backingFileOffset: number;
   backingFileSize: number;
   clusterBits: number;
@@ -90,6 +91,8 @@ export interface Header {
   encryption?: EncryptionHeaderPointer;
   /** Every extension found, known or not, in file order. */
   extensions: HeaderExtension[];
+  /** qcow version 1 only: what its header has that qcow2's does not. */
+  qcow1?: { l2Bits: number; headerSize: number; mtime: number };
 }
 
 function bits(mask: bigint): number[] {

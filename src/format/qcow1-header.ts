@@ -1,5 +1,6 @@
 import { QcowError, hex } from '../errors.js';
 import { BigEndian } from './bytes.js';
+import type { Header } from './header.js';
 
 /**
  * The qcow version 1 header (48 bytes, big-endian), checked as QEMU's `qcow_open` checks it. Version 1
@@ -102,5 +103,45 @@ export function decodeQcow1Header(bytes: Uint8Array, file: string, fileSize: num
     cryptMethodCode,
     l1TableOffset: l1Offset,
     l1Size,
+  };
+}
+
+/**
+ * The v1 header in the shape of a qcow2 Header, so that an opened image has one header type: the
+ * fields version 1 lacks are zero or empty (no refcounts, snapshots, features or extensions).
+ */
+export function qcow1AsHeader(h: Qcow1Header, backingFile: string | undefined): Header {
+  return {
+    version: 1,
+    backingFileOffset: h.backingFileOffset,
+    backingFileSize: h.backingFileSize,
+    clusterBits: h.clusterBits,
+    clusterSize: h.clusterSize,
+    size: h.size,
+    cryptMethod: h.cryptMethod,
+    cryptMethodCode: h.cryptMethodCode,
+    l1Size: h.l1Size,
+    l1TableOffset: h.l1TableOffset,
+    refcountTableOffset: 0,
+    refcountTableClusters: 0,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    incompatibleFeatures: 0n,
+    compatibleFeatures: 0n,
+    autoclearFeatures: 0n,
+    refcountOrder: 0,
+    headerLength: QCOW1_HEADER_BYTES,
+    compressionType: 'zlib',
+    features: { incompatible: [], compatible: [], autoclear: [] },
+    dirty: false,
+    corrupt: false,
+    extendedL2: false,
+    lazyRefcounts: false,
+    hasDataFile: false,
+    dataFileRaw: false,
+    backingFile,
+    featureNameTable: [],
+    extensions: [],
+    qcow1: { l2Bits: h.l2Bits, headerSize: h.headerSize, mtime: h.mtime },
   };
 }

@@ -1,3 +1,4 @@
+import type { EncryptionInfo } from '../encryption.js';
 import type { BackingLink, QcowImage, RemoteSource } from '../image.js';
 import type { Snapshot } from '../snapshot.js';
 import type { FeatureName } from '../format/header.js';
@@ -20,8 +21,10 @@ export interface ImageInfo {
   fileSize: number;
   /** The image file's mtime, ISO 8601. */
   fileMtime: string;
-  format: 'qcow2';
-  version: 2 | 3;
+  /** 'qcow': a qcow version 1 image (no snapshots, refcounts, features or extensions). */
+  format: 'qcow2' | 'qcow';
+  version: 1 | 2 | 3;
+  /** The size QEMU shows: the header's size rounded down to whole 512-byte sectors. */
   virtualSize: number;
   clusterSize: number;
   clusterBits: number;
@@ -30,6 +33,13 @@ export interface ImageInfo {
   /** Bits per refcount entry (2^refcount_order). */
   refcountBits: number;
   encryption: 'none' | 'aes' | 'luks';
+  /**
+   * For an encrypted image, what `qemu-img info` shows of it (LUKS: cipher, mode, IV generator, hash,
+   * key slots, payload offset) and whether a passphrase opened it. Never a key or a passphrase.
+   */
+  encrypt: EncryptionInfo | null;
+  /** Encrypted images of the chain no passphrase was given for (their data cannot be read). */
+  locked: string[];
   dirty: boolean;
   corrupt: boolean;
   extendedL2: boolean;
@@ -61,7 +71,7 @@ export interface ImageInfo {
     dataFile: string | null;
   };
   backingFile: string | null;
-  backingChain: Omit<BackingLink, 'header'>[];
+  backingChain: (Omit<BackingLink, 'header' | 'encryption'> & { encryption?: 'aes' | 'luks'; encrypt?: EncryptionInfo })[];
   dataFile: { name: string | null; path: string; raw: boolean } | null;
   snapshots: SnapshotInfo[];
   /** The active disk's partition table, or null where it has none. */
@@ -254,15 +264,17 @@ export function describeImage(image: QcowImage, volumes: ImageVolumes = imageVol
     image: image.path,
     fileSize: image.fileSize,
     fileMtime: image.mtime.toISOString(),
-    format: 'qcow2',
+    format: image.format,
     version: h.version,
-    virtualSize: h.size,
+    virtualSize: image.active.size,
     clusterSize: h.clusterSize,
     clusterBits: h.clusterBits,
     compressionType: h.compressionType,
     refcountOrder: h.refcountOrder,
     refcountBits: 2 ** h.refcountOrder,
     encryption: h.cryptMethod,
+    encrypt: image.encryption ? structuredClone(image.encryption) : null,
+    locked: [...image.locked],
     dirty: h.dirty,
     corrupt: h.corrupt,
     extendedL2: h.extendedL2,
@@ -307,6 +319,7 @@ export function describeImage(image: QcowImage, volumes: ImageVolumes = imageVol
       format: l.format,
       formatSource: l.formatSource,
       size: l.size,
+      ...(l.encryption ? { encryption: l.encryption.format, encrypt: structuredClone(l.encryption) } : {}),
     })),
     dataFile: image.dataFilePath ? { name: h.dataFile ?? null, path: image.dataFilePath, raw: h.dataFileRaw } : null,
     snapshots: options.memory ? describeSnapshotMemory(image, describeSnapshots(image.snapshots, volumes.snapshots), options.memory) : describeSnapshots(image.snapshots, volumes.snapshots),

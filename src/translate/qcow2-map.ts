@@ -35,6 +35,12 @@ export class Run {
   guestCluster = 0;
 }
 
+/** What a disk view needs of a mapping: qcow2's (Qcow2Map) or qcow v1's (Qcow1Map). */
+export interface GuestMap {
+  readonly clusterSize: number;
+  mapRun(l1: Float64Array, origin: number, position: number, length: number, run: Run): void;
+}
+
 /** The L2 table cache shared by every view and image of a chain (SharedCaches has this shape). */
 export interface L2Cache {
   readonly l2: LRUCache<number | string, DataView>;
@@ -45,7 +51,7 @@ export interface L2Cache {
  * Guest-to-host translation of one qcow2 file: its cluster geometry and its L2 tables (through the
  * shared cache). Maps only: it reads L1/L2 tables, never guest data.
  */
-export class Qcow2Map {
+export class Qcow2Map implements GuestMap {
   readonly clusterBits: number;
   readonly clusterSize: number;
   readonly l2Entries: number;
