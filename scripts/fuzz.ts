@@ -119,9 +119,39 @@ const V3_FIELDS: Field[] = [
 
 const OFFSET_MASK = 0x00ff_ffff_ffff_fe00n;
 
+/** qcow version 1: a 48-byte header and an L1 table of plain offsets, L2 tables of 2^l2_bits entries. */
+const V1_FIELDS: Field[] = [
+  { name: 'v1 backing_file_offset', at: 8, size: 8 },
+  { name: 'v1 backing_file_size', at: 16, size: 4 },
+  { name: 'v1 size', at: 24, size: 8 },
+  { name: 'v1 cluster_bits', at: 32, size: 1 },
+  { name: 'v1 l2_bits', at: 33, size: 1 },
+  { name: 'v1 crypt_method', at: 36, size: 4 },
+  { name: 'v1 l1_table_offset', at: 40, size: 8 },
+];
+
+function describeV1Seed(name: string, bytes: Buffer): Seed {
+  const clusterSize = 2 ** bytes[32]!;
+  const l2Bytes = 8 * 2 ** bytes[33]!;
+  const l1Offset = Number(bytes.readBigUInt64BE(40));
+  const l1Entries = Math.ceil(Number(bytes.readBigUInt64BE(24)) / (clusterSize * (l2Bytes / 8)));
+  const structures: Structure[] = [{ name: 'v1 header', at: 0, length: 48 }, { name: 'v1 L1', at: l1Offset, length: l1Entries * 8 }];
+  const slots: Seed['slots'] = [];
+  for (let i = 0; i < l1Entries; i++) {
+    slots.push({ at: l1Offset + i * 8, kind: 'l1' });
+    const l2 = Number(bytes.readBigUInt64BE(l1Offset + i * 8));
+    if (l2 > 0 && l2 + l2Bytes <= bytes.length) {
+      structures.push({ name: `v1 L2 ${i}`, at: l2, length: l2Bytes });
+      for (let j = 0; j < l2Bytes; j += 8) slots.push({ at: l2 + j, kind: 'l2' });
+    }
+  }
+  return { name, bytes, clusterSize, fields: V1_FIELDS, slots, structures, dataAreas: [], cuts: [0, 8, 48, l1Offset, bytes.length] };
+}
+
 function describeSeed(name: string, bytes: Buffer): Seed {
   const be = (at: number, size: number) => (at + size <= bytes.length ? (size === 8 ? bytes.readBigUInt64BE(at) : BigInt(bytes.readUIntBE(at, size))) : 0n);
   const version = Number(be(4, 4));
+  if (version === 1) return describeV1Seed(name, bytes);
   const clusterBits = Number(be(20, 4));
   const clusterSize = 2 ** clusterBits;
   const fields: Field[] = [...HEADER_FIELDS, ...(version >= 3 ? V3_FIELDS : [])];
@@ -140,6 +170,16 @@ function describeSeed(name: string, bytes: Buffer): Seed {
     const length = Number(be(at + 4, 4));
     if (type === 0) break;
     structures.push({ name: `extension ${n}`, at, length: 8 + length });
+    if (type === 0x0537be77 && at + 24 <= bytes.length) {
+      // The LUKS header it points at (opened without a key here: decoded and bounded, no PBKDF2 runs).
+      const luks = Number(be(at + 8, 8));
+      structures.push({ name: 'LUKS header', at: luks, length: 592 });
+      for (let slot = 0; slot < 8; slot++) {
+        const k = luks + 208 + slot * 48;
+        fields.push({ name: `LUKS slot ${slot} iterations`, at: k + 4, size: 4 }, { name: `LUKS slot ${slot} key_offset`, at: k + 40, size: 4 }, { name: `LUKS slot ${slot} stripes`, at: k + 44, size: 4 });
+      }
+      fields.push({ name: 'LUKS payload_offset', at: luks + 104, size: 4 }, { name: 'LUKS key_bytes', at: luks + 108, size: 4 }, { name: 'LUKS mk_iterations', at: luks + 164, size: 4 });
+    }
     at += 8 + Math.ceil(length / 8) * 8;
   }
 
@@ -349,7 +389,8 @@ function exercise(file: string, rng: Rng): { outcome: Outcome; eio: number } {
     return { outcome: `refused-${e.code}` as Outcome, eio: 0 };
   }
   let eio = 0;
-  const eioOnly = new Set(['EIO']);
+  // ENOKEY: the data of an encrypted mutant, opened without a key.
+  const eioOnly = new Set(['EIO', 'ENOKEY']);
   try {
     const views: [string, Disk][] = [['active', img.active]];
     for (const s of img.snapshots.slice(0, 8)) {
@@ -403,7 +444,7 @@ function exercise(file: string, rng: Rng): { outcome: Outcome; eio: number } {
 // ---------------------------------------------------------------------------------------------------
 // Seeds and the per-iteration work (in the child)
 
-const SEED_IMAGES = ['base.qcow2', 'snap.qcow2', 'zlib.qcow2', 'zstd.qcow2', 'ext.qcow2', 'chain-top.qcow2', 'v2.qcow2', 'datafile.qcow2', 'seq.qcow2', 'vm.qcow2'];
+const SEED_IMAGES = ['base.qcow2', 'snap.qcow2', 'zlib.qcow2', 'zstd.qcow2', 'ext.qcow2', 'chain-top.qcow2', 'v2.qcow2', 'datafile.qcow2', 'seq.qcow2', 'vm.qcow2', 'luks.qcow2', 'v1.qcow'];
 /** Files the seed images name (backing and data files), copied beside the mutants. */
 const SIDE_FILES = ['chain-base.qcow2', 'datafile-data.raw'];
 

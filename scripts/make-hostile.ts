@@ -255,6 +255,9 @@ class Builder {
   qio(file: string, ...cmds: string[]): void {
     run('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), file], this.dir);
   }
+  qio1(file: string, ...cmds: string[]): void {
+    run('qemu-io', ['-f', 'qcow', ...cmds.flatMap((c) => ['-c', c]), file], this.dir);
+  }
   /** QEMU's raw output of the active view; undefined when QEMU cannot read the image. */
   convert(image: string, out: string): boolean {
     return tryRun('qemu-img', ['convert', '-O', 'raw', image, out], this.dir);
@@ -372,7 +375,8 @@ function build(dir: string): HostileEntry[] {
   // --- Header ----------------------------------------------------------------------------------------
   b.refused('bad-magic', 'base.qcow2', 'magic is QFI\\xfa', ['magic', '0x514649fa'], (f) => put32(f, H.magic, 0x514649fa));
   b.refused('version-0', 'base.qcow2', 'version 0', ['version 0'], (f) => put32(f, H.version, 0));
-  b.refused('version-1', 'base.qcow2', 'version 1 (the older qcow format)', ['version 1'], (f) => put32(f, H.version, 1), 'EUNSUPPORTED');
+  // Version 1 is read as the older qcow format: a qcow2 header patched to it has cluster_bits 0 there.
+  b.refused('version-1', 'base.qcow2', 'version 1: read as qcow v1, whose cluster_bits byte (32) is 0 here', ['cluster_bits 0'], (f) => put32(f, H.version, 1));
   b.refused('version-4', 'base.qcow2', 'version 4', ['version 4'], (f) => put32(f, H.version, 4));
   b.refused('incompatible-unknown-bit', 'base.qcow2', 'incompatible feature bit 5 set, no name for it', ['incompatible', 'bit 5'], (f) =>
     put64(f, H.incompatible, u64(f, H.incompatible) | (1n << 5n)),
@@ -411,7 +415,7 @@ function build(dir: string): HostileEntry[] {
   b.refused('l1-table-offset-huge', 'base.qcow2', 'l1_table_offset 2^63', ['l1_table_offset', '0x8000000000000000'], (f) => put64(f, H.l1TableOffset, 1n << 63n));
   b.refused('refcount-order-7', 'base.qcow2', 'refcount_order 7 (128-bit refcounts)', ['refcount_order', '7'], (f) => put32(f, H.refcountOrder, 7));
   b.refused('crypt-method-9', 'base.qcow2', 'crypt_method 9', ['crypt_method', '9'], (f) => put32(f, H.cryptMethod, 9));
-  b.refused('crypt-method-aes', 'base.qcow2', 'crypt_method 1 (legacy AES)', ['AES'], (f) => put32(f, H.cryptMethod, 1), 'EUNSUPPORTED');
+  b.refused('crypt-method-luks-no-header', 'base.qcow2', 'crypt_method 2 (LUKS) without the encryption header extension', ['LUKS', 'encryption header extension'], (f) => put32(f, H.cryptMethod, 2));
   b.refused('extension-overrun', 'base.qcow2', 'a header extension claiming 1 MiB', ['header extension', 'length 1048576'], (f) => {
     const at = findExtensionEnd(f);
     put32(f, at, 0x12345678); // unknown type: only its length matters
@@ -771,7 +775,44 @@ function build(dir: string): HostileEntry[] {
     );
   }
 
+  // --- LUKS header (inside the qcow2 file, at the encryption header extension) and qcow v1 -------------
+  // A valid LUKS image (aes-256-xts, 64-byte key: 4000 stripes of key material per slot), and patches of
+  // its header: each is refused at open, before any PBKDF2 runs, even without a passphrase.
+  b.qimg('create', '-q', '--object', 'secret,id=s0,data=hostile', '-f', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4096', 'luks.qcow2', '1M');
+  const luks = luksHeaderAt(b.p('luks.qcow2'));
+  const slot0 = luks.offset + 208;
+  b.refused('luks-iterations-huge', 'luks.qcow2', 'LUKS key slot 0 with 2^32 - 1 PBKDF2 iterations (hours of work)', ['key slot 0', '4294967295 PBKDF2 iterations'], (f) => put32(f, slot0 + 4, 0xffffffff));
+  b.refused('luks-key-material-past-end', 'luks.qcow2', 'LUKS header area (extension length) reaching 1 GiB past the end of the file', ['LUKS header area', 'does not fit in the file'], (f) => put64(f, luks.extension + 8, 1n << 30n));
+  b.refused('luks-key-material-past-area', 'luks.qcow2', 'LUKS key slot 0 key material starting past the header area', ['key slot 0', 'overlaps the payload'], (f) => put32(f, slot0 + 40, 0x100000));
+  b.refused('luks-payload-in-header', 'luks.qcow2', 'LUKS payload offset 1 sector: inside the 592-byte header', ['payload offset 0x200', 'inside the LUKS header'], (f) => put32(f, luks.offset + 104, 1));
+  b.refused('luks-stripes-0', 'luks.qcow2', 'LUKS key slot 0 with 0 stripes', ['key slot 0 has 0 stripes'], (f) => put32(f, slot0 + 44, 0));
+  b.refused('luks-cipher-unknown', 'luks.qcow2', 'LUKS cipher name "blowfish"', ['LUKS cipher "blowfish"'], (f) => writeAt(f, luks.offset + 8, Buffer.from('blowfish\0')), 'EUNSUPPORTED');
+  b.refused('luks-bad-magic', 'luks.qcow2', 'LUKS magic missing at the extension offset', ['no LUKS magic'], (f) => writeAt(f, luks.offset, Buffer.from('XXXX')));
+
+  // qcow v1 (48-byte header): l2_bits out of range, a size that overflows.
+  b.qimg('create', '-q', '-f', 'qcow', 'v1.qcow', '4M');
+  b.qio1('v1.qcow', 'write -P 0x61 0 64k');
+  b.qimg('convert', '-f', 'qcow', '-O', 'raw', 'v1.qcow', 'v1.raw');
+  b.ok('qcow-v1', 'v1.qcow', 'valid: a qcow version 1 image', { active: 'v1.raw' });
+  b.refused('v1-l2-bits-14', 'v1.qcow', 'qcow v1 l2_bits 14 (128 KiB L2 tables; QEMU allows 6-13)', ['l2_bits 14'], (f) => writeAt(f, 33, Buffer.from([14])));
+  b.refused('v1-l2-bits-0', 'v1.qcow', 'qcow v1 l2_bits 0', ['l2_bits 0'], (f) => writeAt(f, 33, Buffer.from([0])));
+  b.refused('v1-size-overflow', 'v1.qcow', 'qcow v1 size 2^64 - 512 (overflows any L1 computation)', ['image size', 'too large'], (f) => put64(f, 24, 0xfffffffffffffe00n));
+  b.refused('v1-size-huge-l1', 'v1.qcow', 'qcow v1 size 2^52: an L1 table far past the end of the file', ['L1 table', 'past end of file'], (f) => put64(f, 24, 1n << 52n));
+  b.refused('v1-crypt-method-2', 'v1.qcow', 'qcow v1 crypt_method 2', ['invalid encryption method 2'], (f) => put32(f, 36, 2));
   return b.entries;
+}
+
+/** Where the LUKS header and the encryption header extension (type 0x0537be77) are in a qcow2 file. */
+function luksHeaderAt(file: string): { offset: number; extension: number } {
+  const f = fs.readFileSync(file);
+  let at = f.readUInt32BE(100);
+  for (;;) {
+    const type = f.readUInt32BE(at);
+    const length = f.readUInt32BE(at + 4);
+    if (type === 0) throw new Error(`${file}: no encryption header extension`);
+    if (type === 0x0537be77) return { offset: Number(f.readBigUInt64BE(at + 8)), extension: at + 8 };
+    at += 8 + Math.ceil(length / 8) * 8;
+  }
 }
 
 /** Offset of the end marker of the header extension list. */

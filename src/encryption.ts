@@ -1,4 +1,4 @@
-import { tryUnlockLuks } from './codec/luks.js';
+import { tryUnlockLuks, wrongPassphrase } from './codec/luks.js';
 import { SectorCipher, legacyAesCipher } from './codec/sector-cipher.js';
 import { QcowError, hex } from './errors.js';
 import { LUKS_HEADER_BYTES, type LuksHeader, cipherLabel, decodeLuksHeader } from './format/luks-header.js';
@@ -132,7 +132,7 @@ export function openEncryption(
       if (opened) return opened;
     }
   } else if (given.length === 0) return { info };
-  throw new QcowError('EACCES', file.path, `no key slot of ${file.path} opens with ${given.length > 1 ? 'any of these passphrases' : 'this passphrase'}`);
+  throw wrongPassphrase(file.path, given.length > 1);
 }
 
 function luksInfo(h: LuksHeader, area: { offset: number; length: number }): EncryptionInfo {

@@ -64,7 +64,7 @@ describe.runIf(ready)('encrypted and qcow v1 images through openImage, against Q
   it('a wrong LUKS passphrase is refused at open, in one line naming the file', () => {
     const fx = fixtures.find((f) => f.name === 'luks-aes256-xts')!;
     const path = cryptPath(fx.image);
-    expect(() => openImageSync(path, { passphrases: [keyBytes('key-wrong')] })).toThrow(new QcowError('EACCES', path, `no key slot of ${path} opens with this passphrase`));
+    expect(() => openImageSync(path, { passphrases: [keyBytes('key-wrong')] })).toThrow(`no key slot of ${path} opens with this passphrase`);
   });
 
   it('without a key: opens, describes the encryption, and refuses to read data (ENOKEY)', () => {

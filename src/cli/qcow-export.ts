@@ -8,6 +8,7 @@ import { isatty } from 'node:tty';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { openImage } from '../image.js';
 import { CliError, EXIT } from '../exit.js';
+import { KEY_FILE_HELP, KEY_HELP_AFTER, collectKeyFile, forgetKeys, keyOptions, refuseLocked } from './keys.js';
 import { configureProgram, parseArguments, runMain } from './common.js';
 import { ExportError, exportToPath } from '../export/export-to-path.js';
 import { selectView } from '../export/select-view.js';
@@ -27,13 +28,14 @@ interface Options extends RemoteCliOptions {
   force?: boolean;
   hash?: (typeof HASHES)[number];
   quiet?: boolean;
+  keyFile?: string[];
 }
 
 function buildProgram(): Command {
   const program = configureProgram(
     new Command(),
     PROG,
-    'Write one view of a qcow2 image as a raw file: the active disk (default), an internal snapshot\'s disk, or a snapshot\'s saved VM state. The file is sparse: zero and unallocated runs (and all-zero 4 KiB blocks) become holes. The bytes equal `qemu-img convert -O raw` (for a snapshot: after `qemu-img snapshot -a`).',
+    'Write one view of a qcow2 or qcow (version 1) image, encrypted or not, as a raw file: the active disk (default), an internal snapshot\'s disk, or a snapshot\'s saved VM state. The file is sparse: zero and unallocated runs (and all-zero 4 KiB blocks) become holes. The bytes equal `qemu-img convert -O raw` (for a snapshot: after `qemu-img snapshot -a`).',
   );
   return addRemoteOptions(program)
     .argument('<image>', 'the qcow2 image, a path or an http(s) URL (opened read-only; its backing chain is followed)')
@@ -45,6 +47,7 @@ function buildProgram(): Command {
     .option('--ram-below-4g <SIZE>', "with --memory: the VM's max-ram-below-4g machine option (the VM state does not record it)")
     .option('-f, --force', 'replace OUTPUT if it exists (atomically: the old file stays until the new one is complete)')
     .addOption(new Option('--hash <algorithm>', "print the view's digest as `HEX  OUTPUT` (on standard error when OUTPUT is -)").choices(HASHES))
+    .option('-k, --key-file <FILE>', KEY_FILE_HELP, collectKeyFile)
     .option('-q, --quiet', 'no progress bar (there is none anyway when standard error is not a terminal)')
     .addHelpText(
       'after',
@@ -61,7 +64,8 @@ Examples:
 Exit codes:
   0 success; 1 usage error; 2 the image cannot be read (missing, not qcow2, corrupt, unsupported,
   unknown snapshot); 5 the output cannot be written (exists without --force, disk full, ...);
-  70 internal error. On any failure no output file is left behind.`,
+  70 internal error. On any failure no output file is left behind.
+${KEY_HELP_AFTER}`,
     );
 }
 
@@ -81,9 +85,22 @@ async function main(argv: string[]): Promise<number> {
   // tty.isatty, not process.stdout.isTTY: creating process.stdout would make a piped fd 1 non-blocking.
   if (output === '-' && isatty(1)) throw new CliError('standard output is a terminal; redirect it to a file or a pipe (or give an OUTPUT file)', EXIT.USAGE);
 
-  const image = await openImage(imagePath, { remote: remoteOpenOptions(opts) });
+  const keys = keyOptions(opts.keyFile);
+  let image;
+  try {
+    image = await openImage(imagePath, { remote: remoteOpenOptions(opts), ...keys });
+  } finally {
+    forgetKeys(keys);
+  }
+  try {
+    refuseLocked(image);
+  } catch (err) {
+    image.close();
+    throw err;
+  }
   try {
     const view = selectView(image, { ...opts, memoryOptions });
+    const encrypted = image.encryption !== undefined || image.backingChain.some((l) => l.encryption !== undefined);
     const hash = opts.hash ? createHash(opts.hash) : undefined;
     const toStdout = output === '-';
     // cli-progress is loaded only where a bar is drawn: it costs start-up time.
@@ -101,7 +118,9 @@ async function main(argv: string[]): Promise<number> {
         onProgress: progress?.update,
         // Over HTTP one reader in order is best: the remote file fetches ahead of it, several requests at once.
         // Memory views are rebuilt from a page index in this process: workers would have to index again.
-        parallel: image.remote || opts.memory ? undefined : {
+        // Read workers reopen the image: an encrypted chain would cost each one a PBKDF2 run and need its
+        // keys handed over, so it is read on the main thread too.
+        parallel: image.remote || opts.memory || encrypted ? undefined : {
           // One pass in order: a worker never reads a cluster twice, so its inflated-cluster cache stays small.
           spec: { imagePath: image.path, snapshotIndex: view.snapshot?.index, vmstate: opts.vmstate === true, window: view.window, openOptions: { clusterCacheBytes: 2 * 1024 * 1024 } },
           // For measurements and tests: QCOW_EXPORT_WORKERS=0 reads on the main thread only; N > 0 uses

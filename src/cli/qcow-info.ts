@@ -14,6 +14,8 @@ import { formatExtents, formatInfoText, formatSnapshotDetail } from '../info/for
 import { findSnapshot } from '../export/select-view.js';
 import { CliError, EXIT } from '../exit.js';
 import { configureProgram, parseArguments, printError, runMain } from './common.js';
+import { KEY_FILE_HELP, KEY_HELP_AFTER, collectKeyFile, forgetKeys, keyOptions } from './keys.js';
+import type { KeyOptions } from '../encryption.js';
 
 const PROG = 'qcow-info';
 
@@ -22,18 +24,20 @@ interface Options extends RemoteCliOptions {
   snapshot?: string;
   extents?: boolean;
   ramBelow4g?: string;
+  keyFile?: string[];
 }
 
 function buildProgram(): Command {
   const program = configureProgram(
     new Command(),
     PROG,
-    'Describe a qcow2 image: what `qemu-img info` and `qemu-img snapshot -l` show (version, sizes, cluster size, compression, refcount bits, lazy refcounts, extended L2, corrupt/dirty, backing and data files, snapshots), plus the backing chain, feature names and the file names a qcow-mount would show.',
+    'Describe a qcow2 or qcow (version 1) image: what `qemu-img info` and `qemu-img snapshot -l` show (version, sizes, cluster size, compression, refcount bits, lazy refcounts, extended L2, corrupt/dirty, backing and data files, snapshots), plus the backing chain, feature names and the file names a qcow-mount would show.',
   )
     .argument('<image>', 'the qcow2 image, a path or an http(s) URL (opened read-only)')
     .option('--json', 'print the description as JSON (the same as a mount\'s info.json)')
     .option('-s, --snapshot <name>', 'describe one snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
     .option('--ram-below-4g <SIZE>', "the VM's max-ram-below-4g machine option, for the physical memory map of VM states (the VM state does not record it)")
+    .option('-k, --key-file <FILE>', `${KEY_FILE_HELP}; not needed to describe an encrypted image (its cipher and key slots are shown without it)`, collectKeyFile)
     .option('--extents', "list the view's runs (data, compressed, zero, unallocated) with their host offsets, like `qemu-img map`; the active disk, or the snapshot given with --snapshot")
     .addHelpText(
       'after',
@@ -46,7 +50,8 @@ Examples:
 
 Exit codes:
   0 success; 1 usage error; 2 the image cannot be read (missing, not qcow2, corrupt, unsupported,
-  unknown snapshot); 70 internal error.`,
+  unknown snapshot, wrong LUKS passphrase); 70 internal error.
+${KEY_HELP_AFTER}`,
     );
   return addRemoteOptions(program);
 }
@@ -58,7 +63,14 @@ async function main(argv: string[]): Promise<number> {
   const imagePath = program.args[0]!;
   const opts = program.opts<Options>();
 
-  const image = await openWithFallback(imagePath, remoteOpenOptions(opts));
+  // No prompt here: an encrypted image is described without its key.
+  const keys: KeyOptions = { passphrases: keyOptions(opts.keyFile, { prompt: false }).passphrases };
+  let image: QcowImage;
+  try {
+    image = await openWithFallback(imagePath, remoteOpenOptions(opts), keys);
+  } finally {
+    forgetKeys(keys);
+  }
   try {
     const write = (text: string) => process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
     const snapshot = opts.snapshot === undefined ? undefined : findSnapshot(image, opts.snapshot);
@@ -116,14 +128,14 @@ async function main(argv: string[]): Promise<number> {
  * Opens the image; where only its backing chain cannot be opened (a missing or refused backing file),
  * describes the image alone, as `qemu-img info` does, with a warning.
  */
-async function openWithFallback(imagePath: string, remote: RemoteOpenOptions): Promise<QcowImage> {
+async function openWithFallback(imagePath: string, remote: RemoteOpenOptions, keys: KeyOptions): Promise<QcowImage> {
   try {
-    return await openImage(imagePath, { remote });
+    return await openImage(imagePath, { remote, ...keys });
   } catch (err) {
     if (!(err instanceof QcowError)) throw err;
     let alone: QcowImage;
     try {
-      alone = await openImage(imagePath, { noBacking: true, remote });
+      alone = await openImage(imagePath, { ...keys, noBacking: true, remote });
     } catch {
       throw err;
     }

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, Option } from 'commander';
 import { type RemoteOpenOptions, openImageSync } from '../image.js';
 import { isRemoteName, redactUrl } from '../io/remote-url.js';
+import { KEY_FILE_HELP, KEY_HELP_AFTER, collectKeyFile, forgetKeys, keyOptions, refuseLocked } from './keys.js';
 import { CliError, EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
 import { parseSize } from '../units.js';
 import { configureProgram, printError } from './common.js';
@@ -39,6 +40,8 @@ interface CliOptions {
   remoteFromParent?: boolean;
   header?: string[];
   caFile?: string;
+  keysOnIpc?: boolean;
+  keyFile?: string[];
 }
 
 const HELP_AFTER = `
@@ -73,13 +76,15 @@ The daemon's log (background mode) defaults to STATE/<key>.log and its pid file 
 where STATE is $QCOW_MOUNT_STATE_DIR, else $XDG_RUNTIME_DIR/qcow-mount, else /tmp/qcow-mount-<uid>,
 and <key> is the first 16 hex digits of the SHA-256 of the resolved mount point path.
 
-Exit codes: 0 ok, 1 usage, 2 image cannot be used, 3 mount failed, 4 unmount failed, 70 internal error.
+Exit codes: 0 ok, 1 usage, 2 image cannot be used (also: encrypted without -k, wrong LUKS passphrase), 3 mount failed, 4 unmount failed, 70 internal error.
 
 Examples:
   qcow-mount disk.qcow2 /mnt/x && ls -l /mnt/x /mnt/x/snapshots
   qcow-mount --header 'Authorization: Bearer TOKEN' https://images.example/vm/disk.qcow2 /mnt/x
   mount -o loop,ro /mnt/x/snapshots/before-upgrade.raw /mnt/guest
   qcow-mount -u /mnt/x
+  qcow-mount -k disk.key luks.qcow2 /mnt/x
+${KEY_HELP_AFTER}
 `;
 
 function collect(value: string, previous: string[] | undefined): string[] {
@@ -87,7 +92,7 @@ function collect(value: string, previous: string[] | undefined): string[] {
 }
 
 function buildProgram(): Command {
-  const program = configureProgram(new Command(), PROG, 'Mount a QEMU qcow2 image read-only with FUSE: the active disk, each internal snapshot and its VM state as raw files.')
+  const program = configureProgram(new Command(), PROG, 'Mount a QEMU qcow2 or qcow (version 1) image, encrypted or not, read-only with FUSE: the active disk, each internal snapshot and its VM state as raw files.')
     .usage('[options] IMAGE MOUNTPOINT\n       qcow-mount -u [-z] MOUNTPOINT')
     .argument('[IMAGE]', 'the qcow2 image')
     .argument('[MOUNTPOINT]', 'an empty folder to mount on')
@@ -101,6 +106,8 @@ function buildProgram(): Command {
     .option('-z, --lazy', 'with -u: detach a busy mount now; the daemon exits when its last open file closes')
     .addOption(new Option('--daemon-child', 'internal: run as the background daemon').hideHelp())
     .addOption(new Option('--remote-from-parent', 'internal: the image URL and headers come over the IPC channel').hideHelp())
+    .addOption(new Option('--keys-on-ipc', 'internal: the daemon gets its passphrases over the IPC channel').hideHelp())
+    .option('-k, --key-file <FILE>', KEY_FILE_HELP, collectKeyFile)
     .addHelpText('after', HELP_AFTER)
     .allowExcessArguments(false);
   addRemoteOptions(program);
@@ -128,10 +135,39 @@ function serialiseOptions(o: MountOptions): string {
   return parts.join(',');
 }
 
-/** Refuses a bad image before anything is spawned or mounted (exit 2). */
-function checkImage(image: string, options: MountOptions, remote: RemoteOpenOptions): void {
-  const opened = openImageSync(image, { l2CacheBytes: options.l2CacheBytes, clusterCacheBytes: options.clusterCacheBytes, remote });
-  opened.close();
+/**
+ * Refuses a bad image, a wrong LUKS passphrase or an encrypted image without one before anything is
+ * spawned or mounted (exit 2). Returns the passphrases the daemon needs: the key files', then any typed
+ * at the prompt.
+ */
+function checkImage(image: string, options: MountOptions, remote: RemoteOpenOptions, keyFiles: string[] | undefined): Uint8Array[] {
+  const keys = keyOptions(keyFiles);
+  const typed: Uint8Array[] = [];
+  const ask = keys.passphrase;
+  if (ask) {
+    keys.passphrase = (req) => {
+      const p = ask(req);
+      if (p !== undefined) typed.push(typeof p === 'string' ? Buffer.from(p) : p);
+      return p;
+    };
+  }
+  let opened;
+  try {
+    opened = openImageSync(image, { l2CacheBytes: options.l2CacheBytes, clusterCacheBytes: options.clusterCacheBytes, remote, ...keys });
+  } catch (err) {
+    forgetKeys(keys);
+    for (const p of typed) p.fill(0);
+    throw err;
+  }
+  try {
+    refuseLocked(opened);
+  } catch (err) {
+    forgetKeys(keys);
+    throw err;
+  } finally {
+    opened.close();
+  }
+  return [...(keys.passphrases as Uint8Array[]), ...typed];
 }
 
 function daemonConfig(image: string, mountPoint: string, options: MountOptions, opts: CliOptions, logPath: string | null, remote?: RemoteOpenOptions): DaemonConfig {
@@ -174,20 +210,39 @@ async function main(argv: string[]): Promise<number> {
   const options = mountOptionsFrom(opts);
 
   if (opts.daemonChild) {
+    let config = daemonConfig(image, mountPointArg, options, opts, opts.log ?? null);
     if (opts.remoteFromParent) {
       const secrets = await receiveSecrets();
-      return runChild(daemonConfig(secrets.image, mountPointArg, options, opts, opts.log ?? null, secrets.remote));
+      config = daemonConfig(secrets.image, mountPointArg, options, opts, opts.log ?? null, secrets.remote);
     }
-    return runChild(daemonConfig(image, mountPointArg, options, opts, opts.log ?? null));
+    const passphrases = opts.keysOnIpc ? await passphrasesFromParent() : undefined;
+    return runChild({ ...config, passphrases });
   }
 
   const remote = remoteOpenOptions(opts, options.remoteCacheBytes);
-  checkImage(image, options, remote);
+  const passphrases = checkImage(image, options, remote, opts.keyFile);
   const problem = mountProblem(mountPointArg, options);
-  if (problem) throw new CliError(problem, EXIT.MOUNT);
+  if (problem) {
+    for (const p of passphrases) p.fill(0);
+    throw new CliError(problem, EXIT.MOUNT);
+  }
 
-  if (opts.foreground) return runForeground(daemonConfig(image, mountPointArg, options, opts, null, remote));
-  return runBackground(image, mountPointArg, options, opts, remote);
+  if (opts.foreground) return runForeground({ ...daemonConfig(image, mountPointArg, options, opts, null, remote), passphrases });
+  return runBackground(image, mountPointArg, options, opts, remote, passphrases);
+}
+
+/** The background child's passphrases: asked for and received over the IPC channel. */
+function passphrasesFromParent(): Promise<Uint8Array[]> {
+  return new Promise((resolve, reject) => {
+    if (!process.send) return reject(new CliError('--keys-on-ipc needs an IPC channel', EXIT.USAGE));
+    const onMessage = (m: { type?: string; passphrases?: Uint8Array[] }) => {
+      if (m?.type !== 'keys') return;
+      process.removeListener('message', onMessage);
+      resolve((m.passphrases ?? []).map((p) => Buffer.from(p.buffer, p.byteOffset, p.byteLength)));
+    };
+    process.on('message', onMessage);
+    process.send({ type: 'want-keys' });
+  });
 }
 
 /** The daemon (and with it fuse-native's native addon) is loaded only where a mount is served. */
@@ -238,7 +293,7 @@ async function runChild(config: DaemonConfig): Promise<number> {
 type ChildMessage = { type: 'ready'; pid: number } | { type: 'failed'; message: string; code: ExitCode };
 
 /** Starts the detached daemon and waits until its mount answers (or it failed). */
-async function runBackground(image: string, mountPointArg: string, options: MountOptions, opts: CliOptions, remote: RemoteOpenOptions): Promise<number> {
+async function runBackground(image: string, mountPointArg: string, options: MountOptions, opts: CliOptions, remote: RemoteOpenOptions, passphrases: Uint8Array[]): Promise<number> {
   const mountPoint = resolveMountPoint(mountPointArg);
   let logPath: string;
   if (opts.log) logPath = path.resolve(opts.log);
@@ -253,6 +308,8 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
   const script = fileURLToPath(import.meta.url);
   const childArgs = [...process.execArgv, script, '--daemon-child', '--log', logPath];
   if (opts.debug) childArgs.push('--debug');
+  // Passphrases go over the IPC channel when the child asks: never argv, environment or log.
+  if (passphrases.length > 0) childArgs.push('--keys-on-ipc');
   const o = serialiseOptions(options);
   if (o) childArgs.push('-o', o);
   // A URL may hold credentials (its query string, userinfo) and the headers tokens: they go over the
@@ -263,7 +320,8 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
 
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, childArgs, { detached: true, stdio: ['ignore', logFd, logFd, 'ipc'], cwd: '/' });
+    // 'advanced' serialisation: passphrases cross as bytes (structured clone), not as JSON strings.
+    child = spawn(process.execPath, childArgs, { detached: true, stdio: ['ignore', logFd, logFd, 'ipc'], cwd: '/', serialization: 'advanced' });
   } finally {
     fs.closeSync(logFd);
   }
@@ -278,7 +336,15 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
       clearTimeout(timer);
       resolve(o);
     };
-    child.on('message', (m: ChildMessage) => done(m));
+    child.on('message', (m: ChildMessage | { type: 'want-keys' }) => {
+      if (m.type === 'want-keys') {
+        child.send({ type: 'keys', passphrases }, () => {
+          for (const p of passphrases) p.fill(0);
+        });
+        return;
+      }
+      done(m);
+    });
     child.on('exit', (code, signal) => done({ type: 'exit', code, signal }));
     child.on('error', (err) => done({ type: 'failed', message: `cannot start the daemon: ${err.message}`, code: EXIT.MOUNT }));
     for (const sig of signals) {

@@ -1,5 +1,5 @@
 import crypto from 'node:crypto';
-import { QcowError } from '../errors.js';
+import { QcowError, oneLine } from '../errors.js';
 import { LUKS_SECTOR, type LuksHash, type LuksHeader } from '../format/luks-header.js';
 import { SectorCipher } from './sector-cipher.js';
 
@@ -15,8 +15,15 @@ export type LuksAreaReader = (offset: number, length: number) => Buffer;
  */
 export function unlockLuks(header: LuksHeader, passphrase: Uint8Array, readArea: LuksAreaReader, file: string): Buffer {
   const masterKey = tryUnlockLuks(header, passphrase, readArea, file);
-  if (!masterKey) throw new QcowError('EACCES', file, `no key slot of ${file} opens with this passphrase`);
+  if (!masterKey) throw wrongPassphrase(file);
   return masterKey;
+}
+
+/** "no key slot of FILE opens with this passphrase": the sentence names the file, so no "FILE: " prefix. */
+export function wrongPassphrase(file: string, several = false): QcowError {
+  const err = new QcowError('EACCES', file, 'wrong passphrase');
+  err.message = oneLine(`no key slot of ${file} opens with ${several ? 'any of these passphrases' : 'this passphrase'}`);
+  return err;
 }
 
 /** As unlockLuks, but undefined when no slot opens (so a chain can try its next passphrase). */

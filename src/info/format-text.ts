@@ -5,6 +5,7 @@
  */
 import { memoryRows } from './describe-memory.js';
 import type { Extent } from '../disk/disk.js';
+import type { EncryptionInfo } from '../encryption.js';
 import { oneLine } from '../errors.js';
 import { formatSize } from '../units.js';
 import type { ImageInfo, PartitionsInfo, SnapshotInfo } from './describe.js';
@@ -81,7 +82,7 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
   const out: string[] = [];
   const yesNo = (b: boolean) => (b ? 'true' : 'false');
   out.push(`image: ${oneLine(info.image)}`);
-  out.push('file format: qcow2');
+  out.push(`file format: ${info.format}`);
   out.push(`virtual size: ${formatSizeExact(info.virtualSize)}`);
   if (extras.allocatedBytes !== undefined) out.push(`disk size: ${formatSize(extras.allocatedBytes)}`);
   out.push(`file size: ${formatSizeExact(info.fileSize)}`);
@@ -96,7 +97,7 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
     out.push(`backing file: ${oneLine(info.backingFile)}${first ? ` (actual path: ${oneLine(first.path)})` : ''}`);
     if (info.extensions.backingFormat !== null) out.push(`backing file format: ${oneLine(info.extensions.backingFormat)}`);
   }
-  if (info.encryption !== 'none') out.push(`encrypted: yes (${info.encryption})`);
+  if (info.encryption !== 'none') out.push(`encrypted: yes (${info.encryption}${info.encrypt && !info.encrypt.unlocked ? ', no passphrase given' : ''})`);
 
   if (info.snapshots.length > 0) {
     out.push('Snapshot list:');
@@ -114,6 +115,13 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
   }
 
   out.push('Format specific information:');
+  if (info.format === 'qcow') {
+    // qcow version 1 has no compat level, refcounts, features or extensions.
+    out.push('    format: qcow (version 1)');
+    if (info.encrypt) out.push(...formatEncryption(info.encrypt));
+    pushChainAndFiles(info, out);
+    return out.join('\n');
+  }
   const fmt: [string, string][] = [
     ['compat', info.version === 3 ? '1.1' : '0.10'],
     ['compression type', info.compressionType],
@@ -127,6 +135,7 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
   fmt.push(['corrupt', yesNo(info.corrupt)], ['extended l2', yesNo(info.extendedL2)], ['dirty', yesNo(info.dirty)]);
   if (info.extensions.bitmaps) fmt.push(['bitmaps', `${info.extensions.bitmaps.count}`]);
   for (const [k, v] of fmt) out.push(`    ${k}: ${v}`);
+  if (info.encrypt) out.push(...formatEncryption(info.encrypt));
 
   out.push('Features:');
   for (const kind of ['incompatible', 'compatible', 'autoclear'] as const) {
@@ -134,13 +143,35 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
     out.push(`    ${kind}: ${names.length > 0 ? names.map(oneLine).join(', ') : '(none)'}`);
   }
 
+  pushChainAndFiles(info, out);
+  return out.join('\n');
+}
+
+/** The encryption as `qemu-img info` shows it under "encrypt:" (LUKS: cipher, ivgen, hash, key slots). */
+function formatEncryption(e: EncryptionInfo): string[] {
+  const out = ['    encrypt:', `        format: ${e.format}`];
+  if (e.format === 'luks') {
+    out.push(`        cipher alg: ${e.cipherAlg}`, `        cipher mode: ${e.cipherMode}`, `        ivgen alg: ${e.ivgenAlg}`);
+    if (e.ivgenHashAlg) out.push(`        ivgen hash alg: ${e.ivgenHashAlg}`);
+    out.push(`        hash alg: ${e.hashAlg}`, `        payload offset: ${e.payloadOffset}`, `        master key iters: ${e.masterKeyIterations}`, `        uuid: ${oneLine(e.uuid ?? '')}`);
+    out.push(`        active key slots: ${e.slots!.filter((s) => s.active).map((s) => s.index).join(', ') || '(none)'}`);
+    out.push('        slots:');
+    for (const s of e.slots!) {
+      out.push(`            [${s.index}]: active: ${s.active}${s.active ? `, iters: ${s.iterations}, stripes: ${s.stripes}` : ''}, key offset: ${s.keyOffset}`);
+    }
+  }
+  out.push(`        passphrase: ${e.unlocked ? 'given, opens it' : 'not given'}`);
+  return out;
+}
+
+function pushChainAndFiles(info: ImageInfo, out: string[]): void {
   if (info.backingChain.length > 0) {
     out.push('Backing chain:');
     const rows = info.backingChain.map((l) => [
       `${l.depth}`,
       l.format,
       formatSize(l.size),
-      `${oneLine(l.path)}${l.formatSource === 'probed' ? ' (format probed)' : ''}`,
+      `${oneLine(l.path)}${l.formatSource === 'probed' ? ' (format probed)' : ''}${l.encryption ? ` (encrypted: ${l.encryption}${l.encrypt?.unlocked ? '' : ', no passphrase given'})` : ''}`,
     ]);
     const w = [0, 1, 2].map((c) => Math.max(...rows.map((r) => width(r[c]!))));
     for (const r of rows) out.push(`    ${padStart(r[0]!, w[0]!)}  ${padEnd(r[1]!, w[1]!)}  ${padStart(r[2]!, w[2]!)}  ${r[3]}`);
@@ -163,7 +194,6 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
   }
   const fw = Math.min(60, Math.max(...files.map(([f]) => width(oneLine(f)))));
   for (const [f, size] of files) out.push(`    ${size ? `${padEnd(oneLine(f), fw)}  ${size}` : oneLine(f)}`);
-  return out.join('\n');
 }
 
 /** Every view's partitions: VIEW, N, scheme and sector size, start, size, type, GPT name, file. */

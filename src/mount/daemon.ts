@@ -35,6 +35,11 @@ export interface DaemonConfig {
   logPath: string | null;
   /** For an image given by URL: headers and extra CA (never logged). */
   remote?: RemoteOpenOptions;
+  /**
+   * Passphrases for encrypted images, handed over in memory (never argv, environment or log); zeroed
+   * once the image is open.
+   */
+  passphrases?: Uint8Array[];
 }
 
 export interface DaemonHooks {
@@ -133,9 +138,17 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
       clusterCacheBytes: config.options.clusterCacheBytes,
       inflateThreads: inflateThreads(),
       remote: { ...config.remote, cacheSize: config.options.remoteCacheBytes },
+      passphrases: config.passphrases,
     });
   } catch (err) {
+    for (const p of config.passphrases ?? []) p.fill(0);
     hooks.failed(errorMessage(err), exitCodeFor(err, EXIT.IMAGE));
+    return;
+  }
+  for (const p of config.passphrases ?? []) p.fill(0);
+  if (image.locked.length > 0) {
+    image.close();
+    hooks.failed(`${image.locked[0]}: is encrypted; give its passphrase with -k FILE`, EXIT.IMAGE);
     return;
   }
   const problem = mountProblem(config.mountPoint, config.options);
