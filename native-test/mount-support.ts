@@ -58,11 +58,11 @@ export class Scratch {
   }
 
   /** Runs the CLI and waits for it (a background mount returns once ready). */
-  cli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeout?: number; prefix?: string[]; nodeArgs?: string[] } = {}): SpawnSyncReturns<string> {
+  cli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeout?: number; prefix?: string[]; nodeArgs?: string[]; input?: Buffer } = {}): SpawnSyncReturns<string> {
     const node = [...(opts.nodeArgs ?? []), CLI, ...args];
     const cmd = opts.prefix ? opts.prefix[0]! : process.execPath;
     const argv = opts.prefix ? [...opts.prefix.slice(1), process.execPath, ...node] : node;
-    return spawnSync(cmd, argv, { env: opts.env ?? this.env(), encoding: 'utf8', timeout: opts.timeout ?? 90_000 });
+    return spawnSync(cmd, argv, { env: opts.env ?? this.env(), encoding: 'utf8', timeout: opts.timeout ?? 90_000, input: opts.input });
   }
 
   /** Mounts an image in the background; throws with the CLI's message when it fails. */
