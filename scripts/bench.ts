@@ -14,6 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { type ImageSet, DEFAULT_SIZES, IMAGES, type Sizes, buildImages, filesToWarm } from './bench/images.js';
 import { type MountRequest, type Mounted, MOUNTS, PEERS, type PeerName, STATE, mountPeer } from './bench/peers.js';
+import { runCryptBench } from './bench/crypt.js';
 import { type BenchResults, type ScenarioResult, renderMarkdown, renderConsole } from './bench/report.js';
 import { benchRemote, renderRemote } from './bench/remote.js';
 import { benchVolume } from './bench/volume-diff.js';
@@ -57,7 +58,7 @@ interface Args {
   workloads?: Set<string>;
 }
 
-const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory', 'volume', 'guest-ram', 'diagnostics', 'remote'] as const;
+const SECTIONS = ['full', 'snapshot', 'frag', 'chain', 'chain-snapshot', 'zlib', 'zstd', 'export', 'memory', 'volume', 'guest-ram', 'diagnostics', 'remote', 'crypt'] as const;
 
 function parseArgs(argv: string[]): Args {
   const a: Args = { quick: false, rounds: 3, skip: new Set(), out: '', seconds: 3, seqBytes: DEFAULT_SEQ_BYTES, waitQuietMinutes: 0 };
@@ -591,6 +592,12 @@ async function main(): Promise<void> {
     log('guest RAM from a VM state: sequential .ram against .vmstate');
     results.guestRam = await benchGuestRam(Math.max(3, args.rounds));
     results.load.push({ when: 'after guest-ram', avg: loadAverage() });
+  }
+  if (wanted(args, 'crypt')) {
+    log('encrypted view: LUKS against the same view unencrypted and against qemu-storage-daemon');
+    fs.mkdirSync(path.dirname(args.out), { recursive: true });
+    await runCryptBench(args.rounds, opt, `${args.out}-crypt`);
+    results.load.push({ when: 'after crypt', avg: loadAverage() });
   }
   const full = all.find((sc) => sc.id === 'full');
   if (wanted(args, 'diagnostics') && full && have('perf')) {

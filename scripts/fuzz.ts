@@ -537,10 +537,12 @@ export async function runFuzz(options: FuzzOptions): Promise<FuzzReport> {
   const { seed, iterations } = options;
   const deadlineMs = (options.deadlineSec ?? 10) * 1000;
   const rssLimit = options.rssLimitMiB ?? 1024;
-  const stopAt = options.timeLimitSec ? Date.now() + options.timeLimitSec * 1000 : Infinity;
   const log = options.log ?? (() => {});
   const hostileDir = options.hostileDir ?? defaultHostileDir;
   makeHostile(hostileDir);
+  // The time limit starts once the seed images exist: building the catalogue (QEMU, LUKS key
+  // derivation) is not fuzzing time.
+  const stopAt = options.timeLimitSec ? Date.now() + options.timeLimitSec * 1000 : Infinity;
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow-fuzz-'));
   const started = Date.now();
   const report: FuzzReport = { seed, iterations: 0, seconds: 0, outcomes: {}, findings: [], maxRssMiB: 0, slowestMs: 0, stoppedBy: 'iterations' };

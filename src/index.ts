@@ -36,3 +36,8 @@ export { openGuestMemory } from './memory/guest-memory.js';
 export type { GuestMemory, MemoryLayout, MemoryOptions, RamBlockSummary } from './memory/guest-memory.js';
 export type { PhysicalMap, PhysicalRange } from './memory/x86-map.js';
 export type { StreamContext } from './format/migration-stream.js';
+export type { KeyOptions, PassphraseRequest, EncryptionInfo } from './encryption.js';
+export type { Qcow1Header } from './format/qcow1-header.js';
+export { decodeQcow1Header } from './format/qcow1-header.js';
+export type { LuksHeader, LuksKeySlot, CipherSpec } from './format/luks-header.js';
+export { decodeLuksHeader, MAX_PBKDF2_ITERATIONS } from './format/luks-header.js';

@@ -127,22 +127,24 @@ async function buildAndCheck(p: Plan, reads: [number, number][]): Promise<void> 
   const image = await openImage(path);
   try {
     const disk = image.active;
-    const want = expected.subarray(0, size);
-    expect(disk.size).toBe(size);
-    const whole = Buffer.alloc(size);
-    expect(disk.readSync(whole, 0)).toBe(size);
+    // QEMU counts whole 512-byte sectors: a header size that is not a multiple of 512 is rounded down.
+    const view = size - (size % 512);
+    const want = expected.subarray(0, view);
+    expect(disk.size).toBe(view);
+    const whole = Buffer.alloc(view);
+    expect(disk.readSync(whole, 0)).toBe(view);
     expect(whole.equals(want)).toBe(true);
     for (const [a, l] of reads) {
-      const position = a % (size + 10);
+      const position = a % (view + 10);
       const into = Buffer.alloc(l % (4 * C + 1));
       const got = disk.readSync(into, position);
-      expect(got).toBe(Math.max(0, Math.min(into.length, size - position)));
+      expect(got).toBe(Math.max(0, Math.min(into.length, view - position)));
       expect(into.subarray(0, got).equals(want.subarray(position, position + got))).toBe(true);
     }
     // Extents tile the disk; what they say agrees with the placed bytes and the files.
     const file = fs.readFileSync(path);
     let at = 0;
-    for (const e of disk.extents(0, size)) {
+    for (const e of disk.extents(0, view)) {
       expect(e.start).toBe(at);
       at += e.length;
       const placed = want.subarray(e.start, e.start + e.length);
@@ -154,7 +156,7 @@ async function buildAndCheck(p: Plan, reads: [number, number][]): Promise<void> 
         expect(stored.equals(placed)).toBe(true);
       }
     }
-    expect(at).toBe(size);
+    expect(at).toBe(view);
   } finally {
     image.close();
   }
