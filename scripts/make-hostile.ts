@@ -255,6 +255,16 @@ class Builder {
   qio(file: string, ...cmds: string[]): void {
     run('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), file], this.dir);
   }
+  /** LUKS creation times PBKDF2 and fails now and then on a busy machine ("Unable to get accurate CPU usage"). */
+  qimgRetry(...args: string[]): string {
+    for (let i = 0; ; i++) {
+      try {
+        return this.qimg(...args);
+      } catch (err) {
+        if (i >= 5 || !String((err as { stderr?: string }).stderr ?? err).includes('accurate CPU usage')) throw err;
+      }
+    }
+  }
   qio1(file: string, ...cmds: string[]): void {
     run('qemu-io', ['-f', 'qcow', ...cmds.flatMap((c) => ['-c', c]), file], this.dir);
   }
@@ -778,7 +788,7 @@ function build(dir: string): HostileEntry[] {
   // --- LUKS header (inside the qcow2 file, at the encryption header extension) and qcow v1 -------------
   // A valid LUKS image (aes-256-xts, 64-byte key: 4000 stripes of key material per slot), and patches of
   // its header: each is refused at open, before any PBKDF2 runs, even without a passphrase.
-  b.qimg('create', '-q', '--object', 'secret,id=s0,data=hostile', '-f', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4096', 'luks.qcow2', '1M');
+  b.qimgRetry('create', '-q', '--object', 'secret,id=s0,data=hostile', '-f', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4096', 'luks.qcow2', '1M');
   const luks = luksHeaderAt(b.p('luks.qcow2'));
   const slot0 = luks.offset + 208;
   b.refused('luks-iterations-huge', 'luks.qcow2', 'LUKS key slot 0 with 2^32 - 1 PBKDF2 iterations (hours of work)', ['key slot 0', '4294967295 PBKDF2 iterations'], (f) => put32(f, slot0 + 4, 0xffffffff));
