@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import { type CacheOptions, SharedCaches } from './caches.js';
 import { ClusterReader } from './disk/cluster-reader.js';
 import type { Disk } from './disk/disk.js';
+import { Qcow1Disk } from './disk/qcow1-disk.js';
 import { Qcow2Disk } from './disk/qcow2-disk.js';
 import { RawDisk } from './disk/raw-disk.js';
 import { type DataDecryption, type EncryptionInfo, type KeyOptions, openEncryption } from './encryption.js';
@@ -258,7 +259,7 @@ function openQcow1Layer(file: ImageFile, at: LayerLocation, depth: number, ctx: 
   ctx.readers.push(reader);
   const backing = depth === 0 && ctx.options.noBacking ? undefined : openBacking(file, header, depth + 1, ctx, [...at.seen, identity(at)]);
   const l1 = loadQcow1L1(v1, file);
-  const disk = new Qcow2Disk(map, reader, () => l1, v1.size, backing, depth);
+  const disk = new Qcow1Disk(map, reader, () => l1, v1.size, backing, depth);
   return { file, disk, header, format: 'qcow', map, reader, backing, encryption: crypt.encryption };
 }
 
@@ -324,7 +325,7 @@ function buildImage(top: Layer, ctx: ChainContext): QcowImage {
     snapshotDisk(s) {
       let disk = disks.get(s);
       if (!disk) {
-        disk = new Qcow2Disk(map, reader, () => s.l1Table(), s.diskSize, backing, 0);
+        disk = new Qcow2Disk(map as Qcow2Map, reader, () => s.l1Table(), s.diskSize, backing, 0); // snapshots: qcow2 only
         disks.set(s, disk);
       }
       return disk;
@@ -333,7 +334,7 @@ function buildImage(top: Layer, ctx: ChainContext): QcowImage {
       if (!s.hasVmState) return undefined;
       let disk = vmStates.get(s);
       if (!disk) {
-        disk = new Qcow2Disk(map, reader, () => s.l1Table(), s.vmStateSize, undefined, 0, s.vmStateOffset);
+        disk = new Qcow2Disk(map as Qcow2Map, reader, () => s.l1Table(), s.vmStateSize, undefined, 0, s.vmStateOffset);
         vmStates.set(s, disk);
       }
       return disk;

@@ -1,15 +1,16 @@
-import { type GuestMap, Run, RunKind } from '../translate/qcow2-map.js';
+import { type GuestMap, type Qcow2Map, Run, RunKind } from '../translate/qcow2-map.js';
 import type { ClusterReader } from './cluster-reader.js';
 import { type Disk, type Extent, clampLength, readAsPromise } from './disk.js';
 import { ExtentList } from './extent-list.js';
 
 /**
- * A disk seen through one L1 table of a qcow2 (or qcow v1) file: the active disk (the header's L1), a snapshot's
- * disk, or (with `origin` past the disk) a snapshot's VM state. A read asks the map for one run at a
- * time and serves it: data from the data file, zeros, the backing disk (zeros past its end or where
- * there is none), or a compressed cluster through the cluster reader.
+ * A disk seen through one L1 table of a qcow2 or qcow v1 file: the active disk (the header's L1), a
+ * snapshot's disk, or (with `origin` past the disk) a snapshot's VM state. A read asks the map for one
+ * run at a time and serves it: data from the data file, zeros, the backing disk (zeros past its end or
+ * where there is none), or a compressed cluster through the cluster reader. Qcow2Disk and Qcow1Disk
+ * differ only in their map.
  */
-export class Qcow2Disk implements Disk {
+export class MappedDisk implements Disk {
   readonly granularity: number;
   /** Reused by every read of this disk (reads of one disk never nest). */
   private readonly run = new Run();
@@ -143,5 +144,20 @@ export class Qcow2Disk implements Disk {
     } catch {
       // A bad region ahead is reported by the read that reaches it.
     }
+  }
+}
+
+/** A view of a qcow2 file (code that reads qcow2 tables itself, the native back-end and diff, asks for this). */
+export class Qcow2Disk extends MappedDisk {
+  constructor(
+    override readonly map: Qcow2Map,
+    reader: ClusterReader,
+    l1: () => Float64Array,
+    size: number,
+    backing: Disk | undefined,
+    depth: number,
+    origin = 0,
+  ) {
+    super(map, reader, l1, size, backing, depth, origin);
   }
 }
