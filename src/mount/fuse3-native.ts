@@ -80,7 +80,7 @@ export interface NativeMountOptions {
   cacheSeconds?: number;
   /** Worker threads (2-4 are enough; measured in bench/NOTES.md). */
   threads?: number;
-  /** Largest request (default 1008 KiB: 1 MiB would not fit libfuse's splice pipe). */
+  /** Largest request (default 992 KiB: room in libfuse's 1 MiB splice pipe for replies of up to 5 segments). */
   maxWrite?: number;
   /** The mount's bdi read_ahead_kb (default 1024; 0 leaves the kernel's). Needs root. */
   readAheadKb?: number;
