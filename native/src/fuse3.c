@@ -19,6 +19,7 @@
 #include <fuse_lowlevel.h>
 #include <node_api.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -121,18 +122,25 @@ typedef struct {
   char kind[8];
   char *text;
   int code;
+  sem_t *done; /* posted once JavaScript has seen the event, when the sender waits for it */
 } event_t;
 
-static void emit(session_t *s, const char *kind, const char *text, int code) {
+static void emit_waiting(session_t *s, const char *kind, const char *text, int code, sem_t *done) {
   event_t *e = calloc(1, sizeof *e);
   if (!e) return;
   snprintf(e->kind, sizeof e->kind, "%s", kind);
   e->text = text ? strdup(text) : NULL;
   e->code = code;
+  e->done = done;
   if (napi_call_threadsafe_function(s->on_event, e, napi_tsfn_nonblocking) != napi_ok) {
     free(e->text);
     free(e);
+    if (done) sem_post(done);
   }
+}
+
+static void emit(session_t *s, const char *kind, const char *text, int code) {
+  emit_waiting(s, kind, text, code, NULL);
 }
 
 static void debug_log(session_t *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -143,7 +151,13 @@ static void debug_log(session_t *s, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
-  emit(s, "log", line, 0);
+  /* -d: the line is written before the request is answered, so the log is in request order. */
+  sem_t done;
+  sem_init(&done, 0, 0);
+  emit_waiting(s, "log", line, 0, &done);
+  while (sem_wait(&done) != 0 && errno == EINTR) {
+  }
+  sem_destroy(&done);
 }
 
 /* ---------------------------------------------------------------- the file tree */
@@ -535,6 +549,7 @@ static void call_event(napi_env env, napi_value js_cb, void *context, void *data
     napi_get_undefined(env, &undef);
     napi_call_function(env, undef, js_cb, 3, argv, NULL);
   }
+  if (e->done) sem_post(e->done);
   free(e->text);
   free(e);
 }
