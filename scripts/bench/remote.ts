@@ -242,7 +242,9 @@ export function renderRemote(rows: RemoteRow[], opt: RemoteBenchOptions): string
   ];
   for (const r of rows) {
     const hwm = r.oursHwmKiB !== undefined ? `${Math.round(r.oursHwmKiB / KiB)} MiB` : '';
-    lines.push(`| ${r.workload} | ${r.latencyMs} ms | ${r.ours.toFixed(1)} ${r.metric} | ${r.qemu.toFixed(1)} ${r.metric} | ${(r.ours / r.qemu).toFixed(2)}x | ${hwm} |`);
+    // A peer that stalled in most rounds has a median of 0: no ratio then.
+    const ratio = r.qemu > 0 ? `${(r.ours / r.qemu).toFixed(2)}x` : 'QEMU stalled';
+    lines.push(`| ${r.workload} | ${r.latencyMs} ms | ${r.ours.toFixed(1)} ${r.metric} | ${r.qemu.toFixed(1)} ${r.metric} | ${ratio} | ${hwm} |`);
   }
   return `${lines.join('\n')}\n`;
 }
