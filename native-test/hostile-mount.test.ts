@@ -97,6 +97,25 @@ describe.skipIf(!ready)('hostile images through qcow-mount: refused', () => {
   });
 });
 
+describe.skipIf(!ready)('hostile images through qcow-mount: damaged snapshots hidden, the rest served', () => {
+  it.each(catalogue.entries.filter((e) => e.expect === 'hidden').map((e) => [e.name, e] as const))('%s', { timeout: 60_000 }, async (_name, e) => {
+    const mnt = scratch.mountPoint(e.name);
+    const r = scratch.cli(['--log', scratch.path(`${e.name}.log`), abs(e.file), mnt], { timeout: 30_000 });
+    expect(r.status, r.stderr).toBe(0);
+    try {
+      expect(r.stderr).toMatch(/^qcow-mount: warning: /);
+      const shown = fs.readdirSync(path.join(mnt, 'snapshots'));
+      for (const hidden of e.hides!) expect(shown).not.toContain(`${hidden}.raw`);
+      for (const [view, rel] of Object.entries(e.oracles ?? {})) {
+        expect(sha256(fileOf(mnt, view)), `${e.name} ${view}`).toBe(sha256(abs(rel)));
+      }
+    } finally {
+      await unmount(mnt);
+    }
+    expect(daemonsFor(mnt)).toEqual([]);
+  });
+});
+
 describe.skipIf(!ready)('hostile images through qcow-mount: a bad region reads EIO, the rest reads, the daemon lives on', () => {
   it.each(catalogue.entries.filter((e) => e.expect === 'eio-region').map((e) => [e.name, e] as const))('%s', { timeout: 120_000 }, async (_name, e) => {
     const mnt = scratch.mountPoint(e.name);

@@ -230,6 +230,29 @@ describe.skipIf(!ready)('ending the daemon', () => {
     nothingLeftFor(mnt);
   });
 
+  it('a busy mount held by a loop device: -u names the device and how to detach it', () => {
+    const mnt = scratch.mountPoint('loop');
+    scratch.mount(image, mnt);
+    const attach = spawnSync('losetup', ['-r', '-f', '--show', path.join(mnt, 'active.raw')], { encoding: 'utf8' });
+    expect(attach.status, attach.stderr).toBe(0);
+    const device = attach.stdout.trim();
+    try {
+      const busy = scratch.unmount(mnt);
+      expect(busy.status).toBe(4);
+      expect(busy.stderr.trim().split('\n')).toHaveLength(1);
+      expect(busy.stderr).toContain(`loop device ${device} (${path.join(mnt, 'active.raw')})`);
+      expect(busy.stderr).toContain(`losetup -d ${device}`);
+      expect(isMounted(mnt)).toBe(true);
+    } finally {
+      spawnSync('losetup', ['-d', device]);
+    }
+    // Detaching is asynchronous in the kernel: wait until sysfs lets go of the file.
+    for (let i = 0; i < 50 && fs.existsSync(`/sys/block/${path.basename(device)}/loop/backing_file`); i++) spawnSync('sleep', ['0.1']);
+    const u = scratch.unmount(mnt);
+    expect(u.status, u.stderr).toBe(0);
+    nothingLeftFor(mnt);
+  });
+
   it('a killed daemon leaves a dead mount: mounting there is refused, -u clears it', () => {
     const mnt = scratch.mountPoint('killed');
     scratch.mount(image, mnt);
@@ -250,6 +273,7 @@ describe.skipIf(!ready)('ending the daemon', () => {
     const u = scratch.unmount(mnt);
     expect(u.status, u.stderr).toBe(0);
     expect(isMounted(mnt)).toBe(false);
+    expect(pidFileFor(scratch, mnt), 'the dead daemon\'s pid file').toBeUndefined();
     scratch.mount(image, mnt);
     expect(scratch.unmount(mnt).status).toBe(0);
     nothingLeftFor(mnt);

@@ -19,7 +19,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { crc32 } from 'node:zlib';
 
-export type HostileExpect = 'refused' | 'eio-region' | 'ok';
+/**
+ * `hidden`: a damaged snapshot table or snapshot opens with those snapshots hidden and listed as
+ * problems (the other views equal QEMU's); with `strict` it is refused as `refused` entries are.
+ */
+export type HostileExpect = 'refused' | 'eio-region' | 'ok' | 'hidden';
 
 export interface HostileEntry {
   name: string;
@@ -27,7 +31,9 @@ export interface HostileEntry {
   /** The image (or folder, fifo...) to open, relative to the catalogue's folder. */
   file: string;
   expect: HostileExpect;
-  /** For `refused`: the QcowError code. */
+  /** For `hidden`: the snapshots (by name) left out of the image. */
+  hides?: string[];
+  /** For `refused` (and `hidden` opened with `strict`): the QcowError code. */
   code?: 'EBADIMAGE' | 'EUNSUPPORTED' | 'ENOENT' | 'EACCES';
   /** Strings the one-line message must contain (the field and the value). */
   messageIncludes: string[];
@@ -314,6 +320,12 @@ class Builder {
     if (!this.convert(`${name}.qcow2`, `${name}.qemu.raw`)) throw new Error(`qemu-img cannot read ${name}.qcow2`);
     this.add({ name, description, file: `${name}.qcow2`, expect: 'ok', messageIncludes: [], oracles: { active: `${name}.qemu.raw` }, qemu: 'reads', chunk: 4096, partitions });
   }
+  /** A copy of `base` patched by `patch` whose damage hides the snapshots `hides`; `oracles` for what stays. */
+  hidden(name: string, base: string, description: string, hides: string[], messageIncludes: string[], oracles: Record<string, string>, patch: (file: string) => void): void {
+    const file = `${name}.qcow2`;
+    patch(this.copy(base, file));
+    this.add({ name, description, file, expect: 'hidden', code: 'EBADIMAGE', hides, messageIncludes, oracles, qemu: this.convert(file, `${name}.qemu.raw`) ? 'reads' : 'fails', chunk: 4096 });
+  }
   ok(name: string, file: string, description: string, oracles: Record<string, string>, chunk = 4096): void {
     this.add({ name, description, file, expect: 'ok', messageIncludes: [], oracles, qemu: 'reads', chunk });
   }
@@ -443,7 +455,7 @@ function build(dir: string): HostileEntry[] {
     put64(f, H.backingFileOffset, 0x10000);
     put32(f, H.backingFileSize, 8);
   });
-  b.refused('snapshots-offset-past-eof', 'snap.qcow2', 'snapshots_offset past the end of the file', ['snapshot', '0x10000000', 'past the end of the file'], (f) => put64(f, H.snapshotsOffset, 0x1000_0000));
+  b.hidden('snapshots-offset-past-eof', 'snap.qcow2', 'snapshots_offset past the end of the file', ['s1', 's2'], ['snapshot', '0x10000000', 'past the end of the file'], { active: 'snap.raw' }, (f) => put64(f, H.snapshotsOffset, 0x1000_0000));
 
   // --- L1 and L2 entries ------------------------------------------------------------------------------
   b.eio('l1-entry-past-eof', 'base.qcow2', 'base.raw', 'L1 entry 1 names an L2 table at 256 MiB, past the end of the file', [2 * MiB, 2 * MiB], ['L2 table', '0x10000000', 'past the end'], (f) =>
@@ -534,29 +546,31 @@ function build(dir: string): HostileEntry[] {
 
   // --- Snapshot table ---------------------------------------------------------------------------------
   const snaps = snapshotEntries(b.p('snap.qcow2'));
-  b.refused('snapshots-65535', 'snap.qcow2', 'nb_snapshots 65535 in a table of 2', ['snapshot', '65535'], (f) => put32(f, H.nbSnapshots, 65535));
-  b.refused('snapshots-2-31', 'snap.qcow2', 'nb_snapshots 2^31', ['nb_snapshots', '2147483648'], (f) => put32(f, H.nbSnapshots, 2 ** 31));
-  b.refused('snapshot-name-past-eof', 'snap.qcow2', 'the last snapshot\'s name_size 65535 runs past the end of the file', ['snapshot 1', 'name_size 65535', 'past the end of the file'], (f) => put16(f, snaps[1]!.at + 14, 0xffff));
-  b.refused('snapshot-extra-data-huge', 'snap.qcow2', 'extra_data_size 2^28', ['extra_data_size', '268435456'], (f) => put32(f, snaps[0]!.at + 36, 2 ** 28));
-  b.refused('snapshot-disk-size-2-63', 'snap.qcow2', 'snapshot 0\'s disk_size 2^63', ['disk_size', '0x8000000000000000'], (f) => put64(f, snaps[0]!.at + 40 + 8, 1n << 63n));
+  const activeOnly = { active: 'snap.raw' };
+  b.hidden('snapshots-65535', 'snap.qcow2', 'nb_snapshots 65535 in a table of 2', ['s1', 's2'], ['snapshot', '65535'], activeOnly, (f) => put32(f, H.nbSnapshots, 65535));
+  b.hidden('snapshots-2-31', 'snap.qcow2', 'nb_snapshots 2^31', ['s1', 's2'], ['nb_snapshots', '2147483648'], activeOnly, (f) => put32(f, H.nbSnapshots, 2 ** 31));
+  // A table that cannot be read is hidden whole: what precedes the damage cannot be trusted either.
+  b.hidden('snapshot-name-past-eof', 'snap.qcow2', 'the last snapshot\'s name_size 65535 runs past the end of the file', ['s1', 's2'], ['snapshot 1', 'name_size 65535', 'past the end of the file'], activeOnly, (f) => put16(f, snaps[1]!.at + 14, 0xffff));
+  b.hidden('snapshot-extra-data-huge', 'snap.qcow2', 'extra_data_size 2^28', ['s1', 's2'], ['extra_data_size', '268435456'], activeOnly, (f) => put32(f, snaps[0]!.at + 36, 2 ** 28));
+  b.hidden('snapshot-disk-size-2-63', 'snap.qcow2', 'snapshot 0\'s disk_size 2^63: only s1 is hidden', ['s1'], ['disk_size', '0x8000000000000000'], { active: 'snap.raw', 'snapshot:s2': 'snap-s2.raw' }, (f) => put64(f, snaps[0]!.at + 40 + 8, 1n << 63n));
   {
     const base = 'snap.qcow2';
     const name = 'snapshot-l1-past-eof';
     const file = `${name}.qcow2`;
     put64(b.copy(base, file), snaps[0]!.at, 0x1000_0000);
-    b.add({ name, description: 'snapshot s1\'s L1 table at 256 MiB: the image opens, s1 reads EIO, the rest reads', file, expect: 'eio-region', view: 'snapshot:s1', region: [0, 8 * MiB], messageIncludes: ['snapshot 0', 'L1 table', 'past the end of the file'], oracles: snapOracles, qemu: 'reads', chunk: 4096 });
+    b.add({ name, description: 'snapshot s1\'s L1 table at 256 MiB: the image opens with s1 hidden, the rest reads', file, expect: 'hidden', code: 'EBADIMAGE', hides: ['s1'], messageIncludes: ['snapshot 0', 'L1 table', 'past the end of the file'], oracles: { active: 'snap.raw', 'snapshot:s2': 'snap-s2.raw' }, qemu: 'reads', chunk: 4096 });
   }
   {
     const name = 'snapshot-l1-size-2-30';
     const file = `${name}.qcow2`;
     put32(b.copy('snap.qcow2', file), snaps[1]!.at + 8, 2 ** 30);
-    b.add({ name, description: 'snapshot s2\'s l1_size 2^30: the image opens, s2 reads EIO without allocating 8 GiB', file, expect: 'eio-region', view: 'snapshot:s2', region: [0, 8 * MiB], messageIncludes: ['snapshot 1', 'l1_size 1073741824'], oracles: snapOracles, qemu: 'reads', chunk: 4096 });
+    b.add({ name, description: 'snapshot s2\'s l1_size 2^30: the image opens with s2 hidden, without allocating 8 GiB', file, expect: 'hidden', code: 'EBADIMAGE', hides: ['s2'], messageIncludes: ['snapshot 1', 'l1_size 1073741824'], oracles: { active: 'snap.raw', 'snapshot:s1': 'snap-s1.raw' }, qemu: 'reads', chunk: 4096 });
   }
   {
     const name = 'snapshot-l1-misaligned';
     const file = `${name}.qcow2`;
     put64(b.copy('snap.qcow2', file), snaps[0]!.at, snaps[0]!.l1Offset + 8);
-    b.add({ name, description: 'snapshot s1\'s L1 table offset not cluster aligned', file, expect: 'eio-region', view: 'snapshot:s1', region: [0, 8 * MiB], messageIncludes: ['snapshot 0', 'not cluster aligned'], oracles: snapOracles, qemu: 'reads', chunk: 4096 });
+    b.add({ name, description: 'snapshot s1\'s L1 table offset not cluster aligned: s1 hidden', file, expect: 'hidden', code: 'EBADIMAGE', hides: ['s1'], messageIncludes: ['snapshot 0', 'not cluster aligned'], oracles: { active: 'snap.raw', 'snapshot:s2': 'snap-s2.raw' }, qemu: 'reads', chunk: 4096 });
   }
   {
     // A huge claimed disk size: the view is 1 PiB of which only the first 8 MiB are mapped.

@@ -6,8 +6,9 @@
  * - `EUNSUPPORTED`: a valid image that uses something we do not read (a cipher OpenSSL lacks, LUKS2).
  * - `EIO`: a bad region found while reading; only that read fails.
  * - `ENOKEY`: the image is encrypted and no passphrase was given for it.
+ * - `EBUSY`: a running QEMU holds the image for writing (see OpenOptions `forceShare`).
  */
-export type QcowErrorCode = 'EBADIMAGE' | 'EUNSUPPORTED' | 'EIO' | 'ENOENT' | 'EACCES' | 'EINVAL' | 'ENOKEY';
+export type QcowErrorCode = 'EBADIMAGE' | 'EUNSUPPORTED' | 'EIO' | 'ENOENT' | 'EACCES' | 'EINVAL' | 'ENOKEY' | 'EBUSY';
 
 export class QcowError extends Error {
   readonly code: QcowErrorCode;

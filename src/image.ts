@@ -12,10 +12,12 @@ import { type Header, decodeHeader, headerBytesWanted, l2EntriesPerTable, probeM
 import { BlockCache } from './io/block-cache.js';
 import { QCOW1_HEADER_BYTES, decodeQcow1Header, qcow1AsHeader } from './format/qcow1-header.js';
 import { HostFile } from './io/host-file.js';
+import { heldForWriting } from './io/qemu-locks.js';
 import type { ImageFile } from './io/image-file.js';
 import { DEFAULT_REMOTE_BLOCK_SIZE, DEFAULT_REMOTE_CACHE_SIZE, RemoteFile, type RemoteOptions, type RemoteStats } from './io/remote-file.js';
 import { isRemoteName, parseRemoteUrl, redactUrl, resolveRemoteName, sameOrigin } from './io/remote-url.js';
-import { Snapshot, readSnapshotTable } from './snapshot.js';
+import { type Snapshot, openSnapshots } from './snapshot.js';
+import type { ImageProblem } from './problems.js';
 import { loadL1Table } from './translate/l1-table.js';
 import { type GuestMemory, type MemoryOptions, openGuestMemory } from './memory/guest-memory.js';
 import { Qcow1Map, loadQcow1L1 } from './translate/qcow1-map.js';
@@ -30,6 +32,17 @@ export interface OpenOptions extends CacheOptions, KeyOptions {
   dataFile?: string;
   /** Ignore the backing file: unallocated runs read as zeros (QEMU's `backing: null`). */
   noBacking?: boolean;
+  /**
+   * Refuse an image with any damaged part. By default a snapshot table, a snapshot's extra data or its
+   * L1 table that cannot be used hides only the snapshots concerned, listed in `problems`.
+   */
+  strict?: boolean;
+  /**
+   * Read an image that a running QEMU holds for writing (qemu-img's `-U` / `force-share`). Without it
+   * such an image is refused: what it holds keeps changing under the reader. Either way
+   * `heldForWriting` says whether it was.
+   */
+  forceShare?: boolean;
   /** For an image given by http(s) URL (and the files it names). */
   remote?: RemoteOpenOptions;
 }
@@ -99,7 +112,12 @@ export interface QcowImage {
   readonly locked: readonly string[];
   readonly fileSize: number;
   readonly mtime: Date;
+  /** The snapshots that can be read (a damaged one is left out and listed in `problems`). */
   readonly snapshots: readonly Snapshot[];
+  /** A running QEMU held the image (or a file of its chain) for writing when it was opened (see `forceShare`). */
+  readonly heldForWriting: boolean;
+  /** Damaged parts left out instead of refusing the image (always empty with `strict`). */
+  readonly problems: readonly ImageProblem[];
   readonly backingChain: readonly BackingLink[];
   /** The external data file's resolved path, where the image has one. */
   readonly dataFilePath?: string;
@@ -161,6 +179,8 @@ interface ChainContext {
   /** Every cluster reader made, closed (keys zeroed) together. */
   readonly readers: ClusterReader[];
   readonly locked: string[];
+  /** Set when a file of the chain was held for writing by a running QEMU (read anyway: forceShare). */
+  heldForWriting?: boolean;
 }
 
 /** Where one image of the chain is, and how to read it. */
@@ -202,6 +222,7 @@ function openLayer(at: LayerLocation, depth: number, ctx: ChainContext): Layer {
   const open = () => (at.url ? RemoteFile.open(at.url, remoteOptions(at.url, ctx)) : HostFile.open(at.path, at.namedBy ? { allowNonRegular: options.allowNonRegularFiles } : {}));
   const file = at.namedBy ? openNamedFile(at.namedBy.image, 'backing file', at.namedBy.name, at.path, open) : open();
   ctx.opened.push(file);
+  checkNotLive(file.path, ctx);
   const format = at.top ? 'qcow2' : (at.format ?? probeFormat(file));
   const link = at.namedBy ? { depth, name: at.namedBy.name, path: file.path, format, formatSource: at.format ? ('header' as const) : ('probed' as const) } : undefined;
   if (format === 'raw') {
@@ -304,7 +325,7 @@ function buildImage(top: Layer, ctx: ChainContext): QcowImage {
   const { file, header, map, reader, backing, format } = top as Required<Layer>;
   const { caches } = ctx;
   const l2Span = l2EntriesPerTable(header) * header.clusterSize;
-  const snapshots = (format === 'qcow' ? [] : readSnapshotTable(file, header)).map((e) => new Snapshot(e, header.size, l2Span, file, header.clusterSize, caches.snapshotL1));
+  const { snapshots, problems } = format === 'qcow' ? { snapshots: [] as Snapshot[], problems: [] } : openSnapshots(file, header, l2Span, caches.snapshotL1, ctx.options.strict === true);
   const disks = new Map<Snapshot, Disk>();
   const vmStates = new Map<Snapshot, Disk>();
   const memories = new Map<string, GuestMemory | QcowError>();
@@ -317,6 +338,8 @@ function buildImage(top: Layer, ctx: ChainContext): QcowImage {
     fileSize: file.size,
     mtime: file.mtime,
     snapshots,
+    problems,
+    heldForWriting: ctx.heldForWriting === true,
     backingChain: ctx.chain,
     dataFilePath: top.dataFilePath,
     remote: file instanceof RemoteFile ? remoteSource(file, ctx) : undefined,
@@ -369,6 +392,19 @@ function buildImage(top: Layer, ctx: ChainContext): QcowImage {
     },
   };
   return image;
+}
+
+/** Refuses a file a running QEMU holds for writing, as qemu-img does, unless forceShare. */
+function checkNotLive(filePath: string, ctx: ChainContext): void {
+  if (!heldForWriting(filePath)) return;
+  if (!ctx.options.forceShare) {
+    throw new QcowError(
+      'EBUSY',
+      filePath,
+      'failed to get shared "write" lock: a running QEMU (qemu-system, qemu-storage-daemon or qemu-nbd) holds the image open for writing; stop it, or read anyway with force-share (-U), knowing the view may be inconsistent',
+    );
+  }
+  ctx.heldForWriting = true;
 }
 
 function readHeader(file: ImageFile): Header {
@@ -426,8 +462,11 @@ function probeFormat(file: ImageFile): ImageFormat {
 }
 
 /**
- * Resolves a backing or data file name the way QEMU does for plain files: relative to the folder of the
- * image that names it. Protocol names (`nbd:`, `http://`, `json:{...}`) are refused: we only read files.
+ * Resolves a backing or data file name relative to the folder of the image that names it. For backing
+ * files that is what QEMU does; for an external data file QEMU 7.2 resolves a relative name against its
+ * own working directory instead, so the same image can read different files there: we keep one rule
+ * (the image's folder), and the `dataFile` option names the file outright. Protocol names (`nbd:`,
+ * `http://`, `json:{...}`) are refused: we only read files.
  */
 function resolveNamedFile(namingPath: string, name: string, what: string): string {
   if (name === '') throw new QcowError('EBADIMAGE', namingPath, `${what} name is empty`);

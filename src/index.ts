@@ -41,3 +41,4 @@ export type { Qcow1Header } from './format/qcow1-header.js';
 export { decodeQcow1Header } from './format/qcow1-header.js';
 export type { LuksHeader, LuksKeySlot, CipherSpec } from './format/luks-header.js';
 export { decodeLuksHeader, MAX_PBKDF2_ITERATIONS } from './format/luks-header.js';
+export type { ImageProblem } from './problems.js';

@@ -132,7 +132,7 @@ describe.skipIf(!manifest)('output equals QEMU (fixture oracles)', () => {
     const f = fx('snapshot-names');
     const v = f.views.find((x) => x.view === 'snapshot' && x.snapshot === 'a/b')!;
     const out = path.join(tmp, 'odd.raw');
-    const r = run([fixturePath(f.image), out, '--snapshot', `@${v.id}`]);
+    const r = run([fixturePath(f.image), out, '--snapshot', `a∕b@${v.id}`]);
     expect(r.status, text(r.stderr)).toBe(0);
     expect(fs.readFileSync(out).equals(fs.readFileSync(fixturePath(v.oracle!)))).toBe(true);
   });
@@ -165,7 +165,7 @@ describe.skipIf(!manifest)('output equals QEMU (fixture oracles)', () => {
     expect(r.status, text(r.stderr)).toBe(0);
     const oracle = fs.readFileSync(oracleOf(f, 'snapshot', '2'));
     expect(r.stdout.equals(oracle)).toBe(true);
-    expect(text(r.stderr)).toBe(`${createHash('sha256').update(oracle).digest('hex')}  snapshots/vm2.raw\n`);
+    expect(text(r.stderr)).toBe(`${createHash("sha256").update(oracle).digest("hex")}  -\n`);
   });
 
   it('`-` through a pipe that a slow reader drains', async () => {

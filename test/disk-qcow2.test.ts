@@ -779,7 +779,7 @@ describe('snapshot tables and sizes', () => {
     expect(read(image.snapshotDisk(image.snapshots[2999]!), 0, C).equals(pattern(C, 1))).toBe(true);
   });
 
-  it('refuses a table cut short by the end of the file', async () => {
+  it('refuses a table cut short by the end of the file (strict); hides it otherwise', async () => {
     const b = new ImageBuilder({ clusterBits: 9, size: SPAN });
     const s = b.space('s');
     s.write(0, pattern(C, 1));
@@ -789,7 +789,7 @@ describe('snapshot tables and sizes', () => {
     const tableAt = Number(bytes.readBigUInt64BE(64));
     const file = tmp.file('cut-table.qcow2');
     fs.writeFileSync(file, bytes.subarray(0, tableAt + 100));
-    const err = await openImage(file).then(
+    const err = await openImage(file, { strict: true }).then(
       () => undefined,
       (e: unknown) => e as QcowError,
     );
@@ -797,5 +797,14 @@ describe('snapshot tables and sizes', () => {
     expect(err!.code).toBe('EBADIMAGE');
     expect(err!.message.startsWith(`${file}: snapshot 0 of 1 (entry at 0x${tableAt.toString(16)}) is cut short`)).toBe(true);
     expect(err!.message.endsWith(`past the end of the file (size ${tableAt + 100})`)).toBe(true);
+    const image = await openImage(file);
+    try {
+      expect(image.snapshots).toEqual([]);
+      expect(image.problems).toEqual([
+        { what: 'snapshot table', offset: tableAt, where: `0x${tableAt.toString(16)}`, why: err!.message.slice(file.length + 2), hides: 'the only snapshot' },
+      ]);
+    } finally {
+      image.close();
+    }
   });
 });

@@ -18,9 +18,19 @@ describe('snapshot file names', () => {
   });
 
   it('uses @ID for names that cannot be file names', () => {
-    expect(stems(['1', ''], ['2', '.'], ['3', '..'], ['4', 'a/b'], ['5', 'nul\0byte'], ['6', '/'])).toEqual(['@1', '@2', '@3', '@4', '@5', '@6']);
+    expect(stems(['1', ''], ['2', '.'], ['3', '..'])).toEqual(['@1', '@2', '@3']);
     // '...' and names with dots or spaces are fine.
     expect(stems(['1', '...'], ['2', '.hidden'], ['3', ' '])).toEqual(['...', '.hidden', ' ']);
+  });
+
+  it('keeps the readable part of a name with / or NUL: visible stand-ins, then @ID', () => {
+    expect(stems(['3', 'snap 3/odd'], ['4', 'a/b'], ['5', 'nul\0byte'], ['6', '/'], ['7', '../x'])).toEqual(['snap 3∕odd@3', 'a∕b@4', 'nul␀byte@5', '∕@6', '..∕x@7']);
+    // A real name equal to the stand-in form keeps it; the altered one still carries @ID.
+    expect(stems(['1', 'a∕b'], ['2', 'a/b'])).toEqual(['a∕b', 'a∕b@2']);
+    // Where the ID cannot be used: NAME#INDEX with the readable form.
+    expect(stems(['x', 'a/b'], ['x', 'a/b'])).toEqual(['a∕b#0', 'a∕b#1']);
+    // Over 200 bytes even as stand-ins: left out.
+    expect(stems(['9', `${'a'.repeat(200)}/`])).toEqual(['@9']);
   });
 
   it('limits names to 200 bytes (UTF-8), leaving room for the suffix within NAME_MAX', () => {
@@ -78,7 +88,7 @@ describe('snapshot file names', () => {
   it('is deterministic', () => {
     const t = table(['1', 'a'], ['2', 'a'], ['3', ''], ['3', 'b/c'], ['4', 'a@1']);
     expect(snapshotStems(t)).toEqual(snapshotStems(t.map((s) => ({ ...s }))));
-    expect(snapshotStems(t)).toEqual(['a@1#0', 'a@2', '#2', '#3', 'a@1']);
+    expect(snapshotStems(t)).toEqual(['a@1#0', 'a@2', '#2', 'b∕c#3', 'a@1']);
   });
 
   it('adds .vmstate only where the snapshot saved VM state', () => {

@@ -15,11 +15,12 @@ import { selectView } from '../export/select-view.js';
 import { QcowError } from '../errors.js';
 import { type RemoteCliOptions, addRemoteOptions, remoteOpenOptions } from './remote-options.js';
 import { parseSize } from '../units.js';
+import { type ImageCliOptions, addImageOptions, openOptionsFrom, warnProblems, withNoBackingHint } from './image-options.js';
 
 const PROG = 'qcow-export';
 const HASHES = ['sha256', 'sha1', 'md5', 'sha512'] as const;
 
-interface Options extends RemoteCliOptions {
+interface Options extends RemoteCliOptions, ImageCliOptions {
   snapshot?: string;
   vmstate?: boolean;
   partition?: number;
@@ -37,7 +38,7 @@ function buildProgram(): Command {
     PROG,
     'Write one view of a qcow2 or qcow (version 1) image, encrypted or not, as a raw file: the active disk (default), an internal snapshot\'s disk, or a snapshot\'s saved VM state. The file is sparse: zero and unallocated runs (and all-zero 4 KiB blocks) become holes. The bytes equal `qemu-img convert -O raw` (for a snapshot: after `qemu-img snapshot -a`).',
   );
-  return addRemoteOptions(program)
+  return addImageOptions(addRemoteOptions(program))
     .argument('<image>', 'the qcow2 image, a path or an http(s) URL (opened read-only; its backing chain is followed)')
     .argument('<output>', 'the raw file to write, or - for standard output (then zeros are written, not holes)')
     .option('-s, --snapshot <name>', 'export this internal snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
@@ -86,9 +87,12 @@ async function main(argv: string[]): Promise<number> {
   if (output === '-' && isatty(1)) throw new CliError('standard output is a terminal; redirect it to a file or a pipe (or give an OUTPUT file)', EXIT.USAGE);
 
   const keys = keyOptions(opts.keyFile);
+  const openOptions = { ...openOptionsFrom(opts), remote: remoteOpenOptions(opts) };
   let image;
   try {
-    image = await openImage(imagePath, { remote: remoteOpenOptions(opts), ...keys });
+    image = await openImage(imagePath, { ...openOptions, ...keys }).catch((err: unknown) => {
+      throw withNoBackingHint(err, imagePath, { ...openOptions, ...keys });
+    });
   } finally {
     forgetKeys(keys);
   }
@@ -98,6 +102,7 @@ async function main(argv: string[]): Promise<number> {
     image.close();
     throw err;
   }
+  warnProblems(PROG, image);
   try {
     const view = selectView(image, { ...opts, memoryOptions });
     const encrypted = image.encryption !== undefined || image.backingChain.some((l) => l.encryption !== undefined);
@@ -122,7 +127,7 @@ async function main(argv: string[]): Promise<number> {
         // keys handed over, so it is read on the main thread too.
         parallel: image.remote || opts.memory || encrypted ? undefined : {
           // One pass in order: a worker never reads a cluster twice, so its inflated-cluster cache stays small.
-          spec: { imagePath: image.path, snapshotIndex: view.snapshot?.index, vmstate: opts.vmstate === true, window: view.window, openOptions: { clusterCacheBytes: 2 * 1024 * 1024 } },
+          spec: { imagePath: image.path, snapshotIndex: view.snapshot?.index, vmstate: opts.vmstate === true, window: view.window, openOptions: { ...openOptionsFrom(opts), clusterCacheBytes: 2 * 1024 * 1024 } },
           // For measurements and tests: QCOW_EXPORT_WORKERS=0 reads on the main thread only; N > 0 uses
           // N workers whatever the view holds.
           ...workersFromEnv(process.env.QCOW_EXPORT_WORKERS),
@@ -143,7 +148,7 @@ async function main(argv: string[]): Promise<number> {
       process.off('SIGHUP', onSignal);
     }
     if (hash) {
-      const line = `${hash.digest('hex')}  ${toStdout ? view.fileName : output}\n`;
+      const line = `${hash.digest('hex')}  ${output}\n`;
       if (toStdout) process.stderr.write(line);
       else process.stdout.write(line);
     }

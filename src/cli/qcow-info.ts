@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import { Command } from 'commander';
-import { type QcowImage, type RemoteOpenOptions, openImage } from '../image.js';
+import { type OpenOptions, type QcowImage, openImage } from '../image.js';
 import { type RemoteCliOptions, addRemoteOptions, remoteOpenOptions } from './remote-options.js';
 import { QcowError } from '../errors.js';
 import { describeImage, describeSnapshotMemory, describeSnapshots } from '../info/describe.js';
@@ -13,13 +13,14 @@ import { parseSize } from '../units.js';
 import { formatExtents, formatInfoText, formatSnapshotDetail } from '../info/format-text.js';
 import { findSnapshot } from '../export/select-view.js';
 import { CliError, EXIT } from '../exit.js';
+import { type ImageCliOptions, addImageOptions, openOptionsFrom, warnProblems } from './image-options.js';
 import { configureProgram, parseArguments, printError, runMain } from './common.js';
 import { KEY_FILE_HELP, KEY_HELP_AFTER, collectKeyFile, forgetKeys, keyOptions } from './keys.js';
 import type { KeyOptions } from '../encryption.js';
 
 const PROG = 'qcow-info';
 
-interface Options extends RemoteCliOptions {
+interface Options extends RemoteCliOptions, ImageCliOptions {
   json?: boolean;
   snapshot?: string;
   extents?: boolean;
@@ -28,11 +29,11 @@ interface Options extends RemoteCliOptions {
 }
 
 function buildProgram(): Command {
-  const program = configureProgram(
+  const program = addImageOptions(configureProgram(
     new Command(),
     PROG,
     'Describe a qcow2 or qcow (version 1) image: what `qemu-img info` and `qemu-img snapshot -l` show (version, sizes, cluster size, compression, refcount bits, lazy refcounts, extended L2, corrupt/dirty, backing and data files, snapshots), plus the backing chain, feature names and the file names a qcow-mount would show.',
-  )
+  ))
     .argument('<image>', 'the qcow2 image, a path or an http(s) URL (opened read-only)')
     .option('--json', 'print the description as JSON (the same as a mount\'s info.json)')
     .option('-s, --snapshot <name>', 'describe one snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
@@ -67,10 +68,11 @@ async function main(argv: string[]): Promise<number> {
   const keys: KeyOptions = { passphrases: keyOptions(opts.keyFile, { prompt: false }).passphrases };
   let image: QcowImage;
   try {
-    image = await openWithFallback(imagePath, remoteOpenOptions(opts), keys);
+    image = await openWithFallback(imagePath, { ...openOptionsFrom(opts), remote: remoteOpenOptions(opts), ...keys });
   } finally {
     forgetKeys(keys);
   }
+  warnProblems(PROG, image);
   try {
     const write = (text: string) => process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
     const snapshot = opts.snapshot === undefined ? undefined : findSnapshot(image, opts.snapshot);
@@ -128,14 +130,14 @@ async function main(argv: string[]): Promise<number> {
  * Opens the image; where only its backing chain cannot be opened (a missing or refused backing file),
  * describes the image alone, as `qemu-img info` does, with a warning.
  */
-async function openWithFallback(imagePath: string, remote: RemoteOpenOptions, keys: KeyOptions): Promise<QcowImage> {
+async function openWithFallback(imagePath: string, options: OpenOptions): Promise<QcowImage> {
   try {
-    return await openImage(imagePath, { remote, ...keys });
+    return await openImage(imagePath, options);
   } catch (err) {
     if (!(err instanceof QcowError)) throw err;
     let alone: QcowImage;
     try {
-      alone = await openImage(imagePath, { ...keys, noBacking: true, remote });
+      alone = await openImage(imagePath, { ...options, noBacking: true });
     } catch {
       throw err;
     }
@@ -143,7 +145,10 @@ async function openWithFallback(imagePath: string, remote: RemoteOpenOptions, ke
       alone.close();
       throw err;
     }
-    printError(PROG, new CliError(`warning: the backing chain cannot be opened (${err.message}); describing the image alone`, EXIT.IMAGE));
+    printError(
+      PROG,
+      new CliError(`warning: the backing chain cannot be opened (${err.message}); describing the image alone: qcow-mount and qcow-export need --no-backing to read it`, EXIT.IMAGE),
+    );
     return alone;
   }
 }

@@ -18,6 +18,8 @@ import type { DaemonConfig } from '../mount/daemon.js';
 import type { MountOptions } from '../mount/options.js';
 import { parseMountOptions } from './mount-options.js';
 import { addRemoteOptions, remoteOpenOptions } from './remote-options.js';
+import { type ImageCliOptions, addImageOptions, imageArgs, openOptionsFrom, warnProblems, withNoBackingHint } from './image-options.js';
+import type { OpenOptions } from '../image.js';
 import { mountProblem } from '../mount/preflight.js';
 import { FUSE_SUBTYPE, defaultLogPath, ensureStateDir, findMount, pidFilePath, resolveMountPoint, unmountSync } from '../mount/system.js';
 import { unmountMountPoint } from '../mount/unmount.js';
@@ -26,7 +28,7 @@ const PROG = 'qcow-mount';
 /** Longest wait for the background daemon to report that the mount answers. */
 const READY_TIMEOUT_MS = 60_000;
 
-interface CliOptions {
+interface CliOptions extends ImageCliOptions {
   foreground?: boolean;
   debug?: boolean;
   log?: string;
@@ -54,7 +56,8 @@ Files in the mount (all read-only; files 0444, folders 0555):
   snapshots/NAME.core        the same RAM as an ELF64 core (one PT_LOAD per physical range), for
                              Volatility 3, crash, gdb; info.json says why a VM state has neither
   Where a snapshot name is empty, unusable as a file name or shared, the file is NAME@ID (or @ID),
-  else NAME#INDEX; info.json maps every snapshot to its files.
+  else NAME#INDEX, with / in NAME shown as ∕ (snap 3/odd -> snap 3∕odd@3.raw); info.json maps
+  every snapshot to its files.
 
 Mount options (-o, comma-separated; several -o add up):
   allow_other                let other users see the mount (non-root: needs user_allow_other in /etc/fuse.conf)
@@ -81,7 +84,8 @@ Exit codes: 0 ok, 1 usage, 2 image cannot be used (also: encrypted without -k, w
 Examples:
   qcow-mount disk.qcow2 /mnt/x && ls -l /mnt/x /mnt/x/snapshots
   qcow-mount --header 'Authorization: Bearer TOKEN' https://images.example/vm/disk.qcow2 /mnt/x
-  mount -o loop,ro /mnt/x/snapshots/before-upgrade.raw /mnt/guest
+  mount -o loop,ro /mnt/x/snapshots/before-upgrade.p1 /mnt/guest        (a partition file)
+  mount -o loop,ro,offset=$((2048*512)) /mnt/x/active.raw /mnt/guest2   (or an offset: start sector x 512)
   qcow-mount -u /mnt/x
   qcow-mount -k disk.key luks.qcow2 /mnt/x
 ${KEY_HELP_AFTER}
@@ -92,7 +96,7 @@ function collect(value: string, previous: string[] | undefined): string[] {
 }
 
 function buildProgram(): Command {
-  const program = configureProgram(new Command(), PROG, 'Mount a QEMU qcow2 or qcow (version 1) image, encrypted or not, read-only with FUSE: the active disk, each internal snapshot and its VM state as raw files.')
+  const program = addImageOptions(configureProgram(new Command(), PROG, 'Mount a QEMU qcow2 or qcow (version 1) image, encrypted or not, read-only with FUSE: the active disk, each internal snapshot and its VM state as raw files.'))
     .usage('[options] IMAGE MOUNTPOINT\n       qcow-mount -u [-z] MOUNTPOINT')
     .argument('[IMAGE]', 'the qcow2 image')
     .argument('[MOUNTPOINT]', 'an empty folder to mount on')
@@ -140,7 +144,7 @@ function serialiseOptions(o: MountOptions): string {
  * spawned or mounted (exit 2). Returns the passphrases the daemon needs: the key files', then any typed
  * at the prompt.
  */
-function checkImage(image: string, options: MountOptions, remote: RemoteOpenOptions, keyFiles: string[] | undefined): Uint8Array[] {
+function checkImage(image: string, options: MountOptions, remote: RemoteOpenOptions, keyFiles: string[] | undefined, openOptions: OpenOptions, warn: boolean): Uint8Array[] {
   const keys = keyOptions(keyFiles);
   const typed: Uint8Array[] = [];
   const ask = keys.passphrase;
@@ -153,12 +157,15 @@ function checkImage(image: string, options: MountOptions, remote: RemoteOpenOpti
   }
   let opened;
   try {
-    opened = openImageSync(image, { l2CacheBytes: options.l2CacheBytes, clusterCacheBytes: options.clusterCacheBytes, remote, ...keys });
+    opened = openImageSync(image, { ...openOptions, l2CacheBytes: options.l2CacheBytes, clusterCacheBytes: options.clusterCacheBytes, remote, ...keys });
   } catch (err) {
+    const hinted = withNoBackingHint(err, image, { ...openOptions, remote, passphrases: keys.passphrases });
     forgetKeys(keys);
     for (const p of typed) p.fill(0);
-    throw err;
+    throw hinted;
   }
+  // In the foreground the daemon's log (stderr) says it.
+  if (warn) warnProblems(PROG, opened);
   try {
     refuseLocked(opened);
   } catch (err) {
@@ -171,7 +178,7 @@ function checkImage(image: string, options: MountOptions, remote: RemoteOpenOpti
 }
 
 function daemonConfig(image: string, mountPoint: string, options: MountOptions, opts: CliOptions, logPath: string | null, remote?: RemoteOpenOptions): DaemonConfig {
-  return { image: isRemoteName(image) ? image : path.resolve(image), mountPoint: resolveMountPoint(mountPoint), options, debug: !!opts.debug, logPath, remote };
+  return { image: isRemoteName(image) ? image : path.resolve(image), mountPoint: resolveMountPoint(mountPoint), options, openOptions: openOptionsFrom(opts), debug: !!opts.debug, logPath, remote };
 }
 
 /** What the parent sends a background child whose image is a URL: the URL as given and the headers. */
@@ -220,7 +227,7 @@ async function main(argv: string[]): Promise<number> {
   }
 
   const remote = remoteOpenOptions(opts, options.remoteCacheBytes);
-  const passphrases = checkImage(image, options, remote, opts.keyFile);
+  const passphrases = checkImage(image, options, remote, opts.keyFile, openOptionsFrom(opts), !opts.foreground);
   const problem = mountProblem(mountPointArg, options);
   if (problem) {
     for (const p of passphrases) p.fill(0);
@@ -314,6 +321,7 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
   if (o) childArgs.push('-o', o);
   // A URL may hold credentials (its query string, userinfo) and the headers tokens: they go over the
   // IPC channel; argv (visible in ps) gets the URL without them.
+  childArgs.push(...imageArgs(openOptionsFrom(opts)));
   const isUrl = isRemoteName(image);
   if (isUrl) childArgs.push('--remote-from-parent');
   childArgs.push('--', isUrl ? redactUrl(image) : path.resolve(image), mountPoint);

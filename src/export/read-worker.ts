@@ -11,7 +11,7 @@ import type { ReadRequest, ReadReply, ViewSpec } from './read-pool.js';
 
 const spec = workerData as ViewSpec;
 const image = openImageSync(spec.imagePath, spec.openOptions);
-const snapshot = spec.snapshotIndex === undefined ? undefined : image.snapshots[spec.snapshotIndex];
+const snapshot = spec.snapshotIndex === undefined ? undefined : image.snapshots.find((s) => s.index === spec.snapshotIndex);
 if (spec.snapshotIndex !== undefined && !snapshot) throw new Error(`snapshot index ${spec.snapshotIndex} is gone`);
 const view = snapshot ? (spec.vmstate ? image.vmState(snapshot) : image.snapshotDisk(snapshot)) : image.active;
 if (!view) throw new Error('the snapshot has no VM state');

@@ -1,6 +1,7 @@
 import type { EncryptionInfo } from '../encryption.js';
 import type { BackingLink, QcowImage, RemoteSource } from '../image.js';
 import type { Snapshot } from '../snapshot.js';
+import type { ImageProblem } from '../problems.js';
 import type { FeatureName } from '../format/header.js';
 import { EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_CRYPTO, EXT_DATA_FILE, EXT_FEATURE_TABLE } from '../format/header.js';
 import { snapshotFileNames, snapshotStems } from '../names/snapshot-names.js';
@@ -76,6 +77,15 @@ export interface ImageInfo {
   snapshots: SnapshotInfo[];
   /** The active disk's partition table, or null where it has none. */
   partitions: PartitionsInfo | null;
+  /** A running QEMU held the image for writing when it was opened (read with --force-share). */
+  heldForWriting: boolean;
+  /**
+   * Set by a mount when the image file changed after it was opened (a live image): the size and mtime
+   * now, and when that was noticed. null while it has not changed.
+   */
+  imageChanged: { noticed: string; fileSize: number; fileMtime: string } | null;
+  /** Damaged parts left out (what, where, why, what they hide); empty for a sound image. */
+  problems: ImageProblem[];
   /** The file names the mount shows (relative to the mount point). */
   files: { active: string; info: string; snapshots: string };
   /** Only for an image read over HTTP(S). */
@@ -201,9 +211,11 @@ export interface DescribeOptions {
 export function describeSnapshotMemory(image: QcowImage, infos: SnapshotInfo[], options: MemoryOptions = {}): SnapshotInfo[] {
   const stems = snapshotStems(image.snapshots);
   return infos.map((info) => {
-    const memory = describeMemory(image, image.snapshots[info.index]!, options) ?? null;
+    // info.index is the table position; a damaged snapshot left out makes it differ from the list's.
+    const at = image.snapshots.findIndex((s) => s.index === info.index);
+    const memory = describeMemory(image, image.snapshots[at]!, options) ?? null;
     const served = memory !== null && memory.problem === null;
-    const stem = stems[info.index];
+    const stem = stems[at];
     return {
       ...info,
       files: { ...info.files, ram: served ? `snapshots/${stem}.ram` : null, core: served ? `snapshots/${stem}.core` : null },
@@ -324,6 +336,9 @@ export function describeImage(image: QcowImage, volumes: ImageVolumes = imageVol
     dataFile: image.dataFilePath ? { name: h.dataFile ?? null, path: image.dataFilePath, raw: h.dataFileRaw } : null,
     snapshots: options.memory ? describeSnapshotMemory(image, describeSnapshots(image.snapshots, volumes.snapshots), options.memory) : describeSnapshots(image.snapshots, volumes.snapshots),
     partitions: describePartitions(volumes.active, 'active'),
+    heldForWriting: image.heldForWriting,
+    imageChanged: null,
+    problems: image.problems.map((p) => ({ ...p })),
     files: { active: 'active.raw', info: 'info.json', snapshots: 'snapshots/' },
   };
   if (image.remote) info.remote = describeRemote(image.remote);

@@ -114,6 +114,11 @@ export function formatInfoText(info: ImageInfo, extras: TextInfoExtras = {}): st
     for (const [view, t] of tables) for (const p of t.problems) out.push(`    problem in ${oneLine(view)}: ${oneLine(p)}`);
   }
 
+  if (info.problems.length > 0) {
+    out.push('Problems (left out; --strict refuses the image instead):');
+    for (const p of info.problems) out.push(`    ${oneLine(p.what)} at ${p.where}: ${oneLine(p.why)}; ${oneLine(p.hides)} hidden`);
+  }
+
   out.push('Format specific information:');
   if (info.format === 'qcow') {
     // qcow version 1 has no compat level, refcounts, features or extensions.

@@ -1,12 +1,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { openImageSync } from '../image.js';
-import type { QcowImage, RemoteOpenOptions } from '../image.js';
+import type { OpenOptions, QcowImage, RemoteOpenOptions } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
 import { mountFuse } from './fuse-adapter.js';
 import { type NativeStats, mountNative, nativeFuseAvailable, nativeFuseProblem } from './fuse3-native.js';
 import { HostSlots, qcow2Mapper } from './native-maps.js';
 import { type FuseStatfs, type Logger, createFuseOps } from './fuse-ops.js';
+import { problemLine } from '../problems.js';
 import type { MountOptions } from './options.js';
 import { mountProblem } from './preflight.js';
 import {
@@ -21,7 +22,8 @@ import {
   unmountAsync,
   writePidFile,
 } from './system.js';
-import { buildMountTree } from './tree.js';
+import { type MountTree, buildMountTree, infoBytes } from './tree.js';
+import type { ImageInfo } from '../info/describe.js';
 
 export interface DaemonConfig {
   /** The image path (absolute). */
@@ -29,6 +31,8 @@ export interface DaemonConfig {
   /** The mount point as resolved (absolute). */
   mountPoint: string;
   options: MountOptions;
+  /** How the image is opened (--data-file, --no-backing, ...). */
+  openOptions?: OpenOptions;
   /** Log every FUSE request. */
   debug: boolean;
   /** Where the log goes, for the pid file (null: stderr of a foreground run). */
@@ -134,6 +138,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   let image: QcowImage;
   try {
     image = openImageSync(config.image, {
+      ...config.openOptions,
       l2CacheBytes: config.options.l2CacheBytes,
       clusterCacheBytes: config.options.clusterCacheBytes,
       inflateThreads: inflateThreads(),
@@ -158,6 +163,8 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
     return;
   }
 
+  for (const p of image.problems) logger.log(`warning: ${problemLine(image.path, p)}`);
+  if (image.heldForWriting) logger.log(`warning: ${image.path}: a running QEMU holds the image for writing; serving it anyway (--force-share): the view may be inconsistent and goes stale as the VM writes`);
   const tree = buildMountTree(image, { memory: { maxRamBelow4g: config.options.ramBelow4g }, log: (line) => logger.log(line) });
   const uid = config.options.uid ?? process.getuid?.() ?? 0;
   const gid = config.options.gid ?? process.getgid?.() ?? 0;
@@ -287,8 +294,10 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   // Unmounted from outside (fusermount -u, umount): the kernel ends the session and libfuse closes its
   // /dev/fuse descriptor. A lazy unmount detaches the mount first and ends the session when the last
   // open file is closed; the daemon keeps serving those files until then.
+  const noticeChange = watchImageFile(image, tree, logger);
   const watch = setInterval(() => {
     if (stopping) return;
+    noticeChange();
     if (!sessionOpen()) {
       clearInterval(watch);
       finish(0, `${config.mountPoint} was unmounted`);
@@ -300,4 +309,43 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   }, WATCH_INTERVAL_MS);
 
   hooks.ready({ pid: process.pid, mountPoint: config.mountPoint });
+}
+
+/**
+ * Notices once when the image file changes while mounted (size or mtime: a VM still writing to it, a
+ * copy still running): logs it and sets info.json's `imageChanged`. The views keep serving what they
+ * map, which may now be stale or inconsistent. (The kernel keeps pages of info.json it has already
+ * read: a reader that read it before the change may see the old bytes; its size stays the same, the
+ * change record taking spaces kept at its end.)
+ */
+function watchImageFile(image: QcowImage, tree: MountTree, logger: Logger): () => void {
+  let noticed = false;
+  const info = tree.lookup('/info.json');
+  return () => {
+    if (noticed) return;
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(image.path);
+    } catch {
+      return;
+    }
+    if (st.size === image.fileSize && st.mtime.getTime() === image.mtime.getTime()) return;
+    noticed = true;
+    const now = new Date();
+    logger.log(
+      `warning: ${image.path} changed while mounted (size ${image.fileSize} -> ${st.size}, mtime ${image.mtime.toISOString()} -> ${st.mtime.toISOString()}): ` +
+        'what is served may be stale or inconsistent; unmount and mount again for a fresh view',
+    );
+    if (info && info.kind === 'bytes') {
+      // The description as served, plus the change (not described again: that may index VM states).
+      const served = JSON.parse(info.bytes.toString('utf8')) as ImageInfo;
+      const bytes = infoBytes({ ...served, imageChanged: { noticed: now.toISOString(), fileSize: st.size, fileMtime: st.mtime.toISOString() } }, info.size);
+      // In place: the native back-end serves the buffer it was given at mount.
+      if (bytes.length === info.bytes.length) bytes.copy(info.bytes);
+      else {
+        info.bytes = bytes;
+        info.size = bytes.length;
+      }
+    }
+  };
 }

@@ -144,7 +144,8 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
     const base = { name, path: n.path, parent, mtimeMs: n.mtime.getTime() };
     if (n.kind === 'dir') return { ...base, dir: 1 };
     byIno[n.ino] = n;
-    if (n.kind === 'bytes') return { ...base, size: n.size, bytes: n.bytes };
+    // info.json is read through JS: a mount rewrites it (in place) when the image file changes.
+    if (n.kind === 'bytes') return n.path === '/info.json' ? { ...base, size: n.size, view: -1 } : { ...base, size: n.size, bytes: n.bytes };
     const mapper = options.debug ? undefined : options.mapperFor?.(n);
     let view = -1;
     if (mapper) {

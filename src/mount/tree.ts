@@ -1,6 +1,6 @@
 import type { Disk } from '../disk/disk.js';
 import type { QcowImage } from '../image.js';
-import { describeImage } from '../info/describe.js';
+import { type ImageInfo, describeImage } from '../info/describe.js';
 import type { MemoryOptions } from '../memory/guest-memory.js';
 import { snapshotFileNames } from '../names/snapshot-names.js';
 import type { Volume } from '../volume/partitions.js';
@@ -102,6 +102,23 @@ export class MountTree {
   }
 }
 
+/**
+ * Spaces kept at the end of info.json for what a mount may add later (`imageChanged`): the kernel keeps
+ * a file's size for the attribute timeout, so the file must not grow.
+ */
+const INFO_RESERVE = 512;
+
+/** info.json's bytes: the JSON, then spaces up to `size` (default: INFO_RESERVE more), then a newline. */
+export function infoBytes(info: ImageInfo, size?: number): Buffer {
+  const json = JSON.stringify(info, null, 2);
+  const length = Buffer.byteLength(json);
+  const total = size !== undefined && size > length ? size : length + INFO_RESERVE + 1;
+  const bytes = Buffer.alloc(total, 0x20);
+  bytes.write(json, 0, 'utf8');
+  bytes[total - 1] = 0x0a;
+  return bytes;
+}
+
 export interface TreeOptions {
   /** How guest memory is rebuilt from VM states (the VM's max-ram-below-4g). */
   memory?: MemoryOptions;
@@ -120,8 +137,7 @@ export function buildMountTree(image: QcowImage, options: TreeOptions = {}): Mou
   addPartitions(tree, tree.root, 'active', volumes.active, image.mtime, 'active disk');
   const memoryOptions = options.memory ?? {};
   const described = describeImage(image, volumes, { memory: memoryOptions });
-  const info = Buffer.from(`${JSON.stringify(described, null, 2)}\n`, 'utf8');
-  tree.addBytes(tree.root, 'info.json', info, image.mtime);
+  tree.addBytes(tree.root, 'info.json', infoBytes(described), image.mtime);
   const dir = tree.mkdir(tree.root, 'snapshots', image.mtime);
   const names = snapshotFileNames(image.snapshots);
   image.snapshots.forEach((s, i) => {

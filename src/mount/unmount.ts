@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import { CliError, EXIT } from '../exit.js';
+import { loopDevicesUnder } from './loop-devices.js';
 import { findMount, pidFileAlive, pidFilePath, readPidFile, resolveMountPoint, unmountSync } from './system.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -49,6 +50,16 @@ export async function unmountMountPoint(display: string, lazy: boolean): Promise
   const stillMounted = () => findMount(mountPoint)?.id === entry.id;
   if (!result.ok && stillMounted()) {
     if (result.busy) {
+      const loops = loopDevicesUnder(mountPoint);
+      if (loops.length > 0) {
+        const list = loops.map((l) => `${l.device} (${l.backingFile})`).join(', ');
+        const devices = loops.map((l) => l.device).join(' ');
+        throw new CliError(
+          `${display}: busy: loop device${loops.length > 1 ? 's' : ''} ${list} read${loops.length > 1 ? '' : 's'} from it; ` +
+            `unmount what is mounted from ${loops.length > 1 ? 'them' : 'it'}, detach with losetup -d ${devices}, then run qcow-mount -u again`,
+          EXIT.UNMOUNT,
+        );
+      }
       throw new CliError(
         `${display}: busy: a process has a file open there or its working folder inside (fuser -vm ${display} shows which); ` +
           'close it, or detach now with qcow-mount -u -z',
@@ -58,7 +69,12 @@ export async function unmountMountPoint(display: string, lazy: boolean): Promise
     throw new CliError(`${display}: unmount failed: ${result.message}`, EXIT.UNMOUNT);
   }
 
-  if (!daemon || !alive()) return {};
+  if (!daemon) return {};
+  if (!alive()) {
+    // The daemon was gone before (killed): its pid file is stale.
+    fs.rmSync(pidFile, { force: true });
+    return {};
+  }
   if (lazy) {
     if (await waitForExit(alive, 3000)) return {};
     return { note: `${display} detached; its daemon (pid ${daemon.pid}) exits when the last file open there is closed` };

@@ -13,4 +13,5 @@ export default function setup(): void {
   if (toolsAvailable('sfdisk', 'sgdisk', 'jq', 'losetup', 'mkfs.ext4')) execFileSync('bash', [path.join(repoRoot, 'scripts/make-partition-fixtures.sh')], { stdio: 'inherit', cwd: repoRoot });
   execFileSync('bash', [path.join(repoRoot, 'scripts/make-memory-fixtures.sh')], { stdio: 'inherit', cwd: repoRoot });
   execFileSync('bash', [path.join(repoRoot, 'scripts/make-crypt-fixtures.sh')], { stdio: 'inherit', cwd: repoRoot });
+  execFileSync('bash', [path.join(repoRoot, 'scripts/make-damaged-fixtures.sh')], { stdio: 'inherit', cwd: repoRoot });
 }

@@ -1,0 +1,74 @@
+/**
+ * The way the README puts the commands on PATH works: `npm pack`, install the tarball into a temporary
+ * prefix, then `qcow-mount --version` and a real mount through the installed command, with the bytes
+ * read through it equal to QEMU's.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fixturePath, fixturesReady, loadManifest, repoRoot } from '../test/support/fixtures.js';
+import { toolsAvailable } from '../test/support/tools.js';
+import { Scratch, ensureBuilt, isMounted } from './mount-support.js';
+
+const ready = toolsAvailable('qemu-img', 'npm', '/dev/fuse', 'fusermount3') && (fixturesReady() || process.env.CI === 'true');
+
+let scratch: Scratch;
+let bin: string;
+const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { name: string; version: string; bin: Record<string, string> };
+
+beforeAll(() => {
+  if (!ready) return;
+  ensureBuilt();
+  scratch = new Scratch('install');
+  // dist/ is built already (npm test builds first): --ignore-scripts keeps `prepare` from rebuilding it
+  // under the other test files' feet. A user's `npm pack` runs it.
+  const pack = spawnSync('npm', ['pack', '--ignore-scripts', '--pack-destination', scratch.root], { cwd: repoRoot, encoding: 'utf8' });
+  expect(pack.status, pack.stderr).toBe(0);
+  const tarball = path.join(scratch.root, `${pkg.name}-${pkg.version}.tgz`);
+  expect(fs.existsSync(tarball)).toBe(true);
+  const prefix = scratch.path('prefix');
+  const install = spawnSync('npm', ['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', tarball], {
+    cwd: scratch.root,
+    encoding: 'utf8',
+    timeout: 600_000,
+  });
+  expect(install.status, `${install.stdout}\n${install.stderr}`).toBe(0);
+  bin = path.join(prefix, 'bin');
+}, 660_000);
+
+afterAll(() => {
+  if (!scratch) return;
+  const left = scratch.cleanUp();
+  scratch.remove();
+  expect(left).toEqual([]);
+});
+
+describe.skipIf(!ready)('installed from the packed tarball', () => {
+  it('puts every command on PATH, executable, and they answer --version', () => {
+    expect(Object.keys(pkg.bin)).toEqual(expect.arrayContaining(['qcow-mount', 'qcow-info', 'qcow-export']));
+    for (const cmd of Object.keys(pkg.bin)) {
+      const p = path.join(bin, cmd);
+      expect(fs.statSync(p).mode & 0o111, `${cmd} executable`).not.toBe(0);
+      const r = spawnSync(cmd, ['--version'], { env: { ...scratch.env(), PATH: `${bin}:${process.env.PATH}` }, encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout.trim()).toBe(pkg.version);
+    }
+  });
+
+  it('mounts an image through the installed qcow-mount; the bytes equal QEMU\'s', () => {
+    const f = loadManifest().images.find((i) => i.name === 'v3-c64k')!;
+    const view = f.views.find((v) => v.view === 'active')!;
+    const mnt = scratch.mountPoint();
+    const env = { ...scratch.env(), PATH: `${bin}:${process.env.PATH}` };
+    const m = spawnSync('qcow-mount', [fixturePath(f.image), mnt], { env, encoding: 'utf8', timeout: 90_000 });
+    expect(m.status, m.stderr).toBe(0);
+    try {
+      expect(fs.readFileSync(path.join(mnt, 'active.raw')).equals(fs.readFileSync(fixturePath(view.oracle!)))).toBe(true);
+    } finally {
+      const u = spawnSync('qcow-mount', ['-u', mnt], { env, encoding: 'utf8', timeout: 90_000 });
+      expect(u.status, u.stderr).toBe(0);
+    }
+    expect(isMounted(mnt)).toBe(false);
+  });
+});
