@@ -66,7 +66,7 @@ async function mountQsdLuks(set: CryptImages): Promise<Mounted> {
     [
       '--object', `secret,id=s0,file=${set.key}`,
       '--blockdev', `driver=file,node-name=file,filename=${set.luks},read-only=on`,
-      '--blockdev', 'driver=qcow2,node-name=qcow2,file=file,read-only=on,encrypt.key-secret=s0',
+      '--blockdev', 'driver=qcow2,node-name=qcow2,file=file,read-only=on,encrypt.format=luks,encrypt.key-secret=s0',
       '--export', `type=fuse,id=exp,node-name=qcow2,mountpoint=${file},writable=off`,
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
