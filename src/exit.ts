@@ -11,6 +11,7 @@
  *      or the daemon failed before it was ready
  *   4  unmount failure: not mounted, busy, or the daemon did not exit
  *   5  output failure: the output cannot be written (exists without --force, disk full, ...)
+ *   6  qcow-export --best-effort completed with unreadable regions (written as zeros, listed)
  *  70  internal error (a bug: please report it)
  */
 import { QcowError } from './errors.js';
@@ -22,6 +23,7 @@ export const EXIT = {
   MOUNT: 3,
   UNMOUNT: 4,
   OUTPUT: 5,
+  PARTIAL: 6,
   INTERNAL: 70,
 } as const;
 

@@ -4,6 +4,7 @@
  * snapshot's VM state) as a raw file, sparse, with an optional digest and a progress bar on a terminal.
  */
 import { createHash, getHashes } from 'node:crypto';
+import fs from 'node:fs';
 import { isatty } from 'node:tty';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { openImage } from '../image.js';
@@ -12,7 +13,8 @@ import { KEY_FILE_HELP, KEY_HELP_AFTER, collectKeyFile, forgetKeys, keyOptions, 
 import { configureProgram, parseArguments, runMain } from './common.js';
 import { ExportError, exportToPath } from '../export/export-to-path.js';
 import { selectView } from '../export/select-view.js';
-import { QcowError } from '../errors.js';
+import { QcowError, oneLine } from '../errors.js';
+import type { BadRegion } from '../export/copy-disk.js';
 import { type RemoteCliOptions, addRemoteOptions, remoteOpenOptions } from './remote-options.js';
 import { parseSize } from '../units.js';
 import { type ImageCliOptions, addImageOptions, openOptionsFrom, warnProblems, withNoBackingHint } from './image-options.js';
@@ -29,6 +31,7 @@ interface Options extends RemoteCliOptions, ImageCliOptions {
   force?: boolean;
   hash?: (typeof HASHES)[number];
   quiet?: boolean;
+  bestEffort?: boolean;
   keyFile?: string[];
 }
 
@@ -49,6 +52,7 @@ function buildProgram(): Command {
     .option('-f, --force', 'replace OUTPUT if it exists (atomically: the old file stays until the new one is complete)')
     .addOption(new Option('--hash <algorithm>', "print the view's digest as `HEX  OUTPUT` (on standard error when OUTPUT is -)").choices(HASHES))
     .option('-k, --key-file <FILE>', KEY_FILE_HELP, collectKeyFile)
+    .option('--best-effort', 'where a region cannot be read (L2 table or cluster past the end of the file, corrupt compressed cluster, failed decryption): write zeros, keep going, list each region on stderr and in OUTPUT.badblocks.json; exit 6')
     .option('-q, --quiet', 'no progress bar (there is none anyway when standard error is not a terminal)')
     .addHelpText(
       'after',
@@ -65,6 +69,7 @@ Examples:
 Exit codes:
   0 success; 1 usage error; 2 the image cannot be read (missing, not qcow2, corrupt, unsupported,
   unknown snapshot); 5 the output cannot be written (exists without --force, disk full, ...);
+  6 (--best-effort) completed with unreadable regions, written as zeros and listed;
   70 internal error. On any failure no output file is left behind.
 ${KEY_HELP_AFTER}`,
     );
@@ -108,6 +113,7 @@ async function main(argv: string[]): Promise<number> {
     const encrypted = image.encryption !== undefined || image.backingChain.some((l) => l.encryption !== undefined);
     const hash = opts.hash ? createHash(opts.hash) : undefined;
     const toStdout = output === '-';
+    const badRegions: BadRegion[] | undefined = opts.bestEffort ? [] : undefined;
     // cli-progress is loaded only where a bar is drawn: it costs start-up time.
     const progress = opts.quiet || !process.stderr.isTTY ? undefined : (await import('./progress.js')).startProgress(view.disk.size, view.fileName);
     const abort = new AbortController();
@@ -121,6 +127,7 @@ async function main(argv: string[]): Promise<number> {
         hash,
         signal: abort.signal,
         onProgress: progress?.update,
+        ...(badRegions ? { bestEffort: { granularity: image.header.clusterSize, onBadRegion: (r: BadRegion) => addRegion(badRegions, r) } } : {}),
         // Over HTTP one reader in order is best: the remote file fetches ahead of it, several requests at once.
         // Memory views are rebuilt from a page index in this process: workers would have to index again.
         // Read workers reopen the image: an encrypted chain would cost each one a PBKDF2 run and need its
@@ -152,10 +159,26 @@ async function main(argv: string[]): Promise<number> {
       if (toStdout) process.stderr.write(line);
       else process.stdout.write(line);
     }
+    if (badRegions && badRegions.length > 0) {
+      for (const r of badRegions) process.stderr.write(`${PROG}: unreadable, written as zeros: guest offset ${r.offset} (0x${r.offset.toString(16)}), ${r.length} bytes: ${oneLine(r.reason)}\n`);
+      if (!toStdout) {
+        const list = `${output}.badblocks.json`;
+        fs.writeFileSync(list, `${JSON.stringify({ image: image.path, view: view.fileName, output, regions: badRegions }, null, 2)}\n`);
+        process.stderr.write(`${PROG}: ${badRegions.length} unreadable region${badRegions.length === 1 ? '' : 's'} listed in ${list}\n`);
+      }
+      return EXIT.PARTIAL;
+    }
     return EXIT.OK;
   } finally {
     image.close();
   }
+}
+
+/** Adds a bad region, merged with the previous one where they touch and have the same reason. */
+function addRegion(regions: BadRegion[], r: BadRegion): void {
+  const last = regions[regions.length - 1];
+  if (last && last.offset + last.length === r.offset && last.reason === r.reason) last.length += r.length;
+  else regions.push({ ...r });
 }
 
 function parsePartitionNumber(value: string): number {

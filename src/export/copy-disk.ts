@@ -1,3 +1,4 @@
+import { QcowError } from '../errors.js';
 import fs from 'node:fs';
 import type { Hash } from 'node:crypto';
 import os from 'node:os';
@@ -26,7 +27,27 @@ export interface CopyTarget {
   positional?: boolean;
 }
 
+/** A region of the view that could not be read (best effort): written as zeros. */
+export interface BadRegion {
+  /** Guest offset and length in the view. */
+  offset: number;
+  length: number;
+  /** Why (the read's one-line error). */
+  reason: string;
+}
+
+export interface BestEffort {
+  /** Pieces a failed chunk is read again in (the image's cluster size): the unit of a bad region. */
+  granularity: number;
+  onBadRegion(region: BadRegion): void;
+}
+
 export interface CopyOptions {
+  /**
+   * Where a region cannot be read (an L2 table or cluster past the end of the file, a corrupt
+   * compressed cluster, a failed decryption), write zeros, report it and keep going.
+   */
+  bestEffort?: BestEffort;
   /** Updated with every byte of the view, in order (zero runs included). */
   hash?: Hash;
   /** Called after each step with the bytes done so far. */
@@ -57,7 +78,7 @@ export interface CopyResult {
 export async function copyDisk(disk: Disk, target: CopyTarget | undefined, options: CopyOptions = {}): Promise<CopyResult> {
   const chunk = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
   const zeros = Buffer.alloc(chunk);
-  const { hash, onProgress, signal, parallel } = options;
+  const { hash, onProgress, signal, parallel, bestEffort } = options;
   const writer = target ? new Writer(target) : undefined;
   let read = 0;
 
@@ -98,7 +119,7 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
 
   const workers = parallel ? workerCount(disk, parallel) : 0;
   try {
-    if (workers > 0) await copyWithPool(disk, chunk, new ReadPool(parallel!.spec, workers), workers * 2, writer, hole, data);
+    if (workers > 0) await copyWithPool(disk, chunk, new ReadPool(parallel!.spec, workers), workers * 2, writer, hole, data, bestEffort);
     else {
       // Buffers in turn: one is read into while the others' writes finish. A buffer is reused only once
       // its own writes are done (a chunk with nothing to write does not tell us that on its own).
@@ -106,14 +127,20 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
       const buffers = Array.from({ length: count }, () => Buffer.allocUnsafe(chunk));
       const written: Promise<void>[] = buffers.map(() => Promise.resolve());
       let turn = 0;
-      for (const t of tasks(disk, chunk)) {
+      for (const t of tasks(disk, chunk, bestEffort !== undefined)) {
         if (t.hole) {
           await hole(t.pos, t.length);
           continue;
         }
         await written[turn];
         const bytes = buffers[turn]!.subarray(0, t.length);
-        const got = disk.readSync(bytes, t.pos);
+        let got: number;
+        try {
+          got = disk.readSync(bytes, t.pos);
+        } catch (err) {
+          if (!bestEffort || !(err instanceof QcowError)) throw err;
+          got = readBestEffort(disk, bytes, t.pos, bestEffort);
+        }
         if (got !== t.length) throw new Error(`short read at ${t.pos}: ${got} of ${t.length} bytes`);
         await data(bytes, t.pos);
         if (writer) written[turn] = writer.mark();
@@ -138,6 +165,7 @@ async function copyWithPool(
   writer: Writer | undefined,
   hole: (start: number, length: number) => Promise<void>,
   data: (bytes: Buffer, pos: number) => Promise<void>,
+  bestEffort?: BestEffort,
 ): Promise<void> {
   type Queued = { pos: number; length: number; hole: true } | { pos: number; length: number; hole: false; buffer: Promise<ArrayBuffer> };
   const queue: Queued[] = [];
@@ -162,12 +190,20 @@ async function copyWithPool(
     const q = queue.shift()!;
     if (q.hole) return hole(q.pos, q.length);
     reading--;
-    const buffer = await q.buffer;
+    let buffer: ArrayBuffer;
+    try {
+      buffer = await q.buffer;
+    } catch (err) {
+      if (!bestEffort || !(err instanceof QcowError)) throw err;
+      // Read again here, piece by piece, into a buffer of our own.
+      buffer = new ArrayBuffer(chunk);
+      readBestEffort(disk, Buffer.from(buffer, 0, q.length), q.pos, bestEffort);
+    }
     await data(Buffer.from(buffer, 0, q.length), q.pos);
     retired.push(buffer);
   };
   try {
-    for (const t of tasks(disk, chunk)) {
+    for (const t of tasks(disk, chunk, bestEffort !== undefined)) {
       if (t.hole) queue.push({ ...t, hole: true });
       else {
         const buffer = pool.read(await takeBuffer(), t.pos, t.length);
@@ -185,14 +221,50 @@ async function copyWithPool(
 
 type Task = { hole: boolean; pos: number; length: number };
 
+/**
+ * The extents of a window; in best effort, a window whose mapping cannot be read (an L2 table past the
+ * end of the file) is one data run, read piece by piece, so its readable parts are kept.
+ */
+function windowExtents(disk: Disk, start: number, length: number, bestEffort: boolean): readonly { kind: string; start: number; length: number }[] {
+  try {
+    return disk.extents(start, length);
+  } catch (err) {
+    if (!bestEffort || !(err instanceof QcowError)) throw err;
+    return [{ kind: 'data', start, length }];
+  }
+}
+
+/**
+ * Best effort: reads `bytes` at `pos` in pieces of the granularity; a piece that fails is zeros and
+ * reported. Returns the length (every byte is produced).
+ */
+function readBestEffort(disk: Disk, bytes: Buffer, pos: number, bestEffort: BestEffort): number {
+  const g = bestEffort.granularity;
+  for (let off = 0; off < bytes.length; ) {
+    const n = Math.min(g - ((pos + off) % g), bytes.length - off);
+    const piece = bytes.subarray(off, off + n);
+    try {
+      const got = disk.readSync(piece, pos + off);
+      if (got !== n) throw new QcowError('EIO', '', `short read: ${got} of ${n} bytes`);
+    } catch (err) {
+      if (!(err instanceof QcowError)) throw err;
+      piece.fill(0);
+      const reason = err.file && err.message.startsWith(`${err.file}: `) ? err.message.slice(err.file.length + 2) : err.message;
+      bestEffort.onBadRegion({ offset: pos + off, length: n, reason });
+    }
+    off += n;
+  }
+  return bytes.length;
+}
+
 /** The view as holes (zero and unallocated runs) and chunk reads (data and compressed), in guest order. */
-function* tasks(disk: Disk, chunk: number): Generator<Task> {
+function* tasks(disk: Disk, chunk: number, bestEffort = false): Generator<Task> {
   const size = disk.size;
   const window = extentWindow(disk);
   let holeStart = -1;
   let holeEnd = -1;
   for (let w = 0; w < size; w += window) {
-    for (const e of disk.extents(w, Math.min(window, size - w))) {
+    for (const e of windowExtents(disk, w, Math.min(window, size - w), bestEffort)) {
       const end = e.start + e.length;
       if (e.kind === 'zero' || e.kind === 'unallocated') {
         if (holeEnd === e.start) holeEnd = end;
