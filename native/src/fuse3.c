@@ -398,6 +398,25 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
   bv->count = n;
   bv->idx = 0;
   bv->off = 0;
+  /* A host file that shrank under the mount would splice short (a silent EOF): such a read goes to
+   * JavaScript, which reports it as EIO. One fstat per host file the reply uses. */
+  int used_fd[MAX_FDS];
+  uint64_t used_end[MAX_FDS];
+  size_t used = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!(bv->buf[i].flags & FUSE_BUF_IS_FD)) continue;
+    uint64_t e = (uint64_t)bv->buf[i].pos + bv->buf[i].size;
+    size_t k = 0;
+    while (k < used && used_fd[k] != bv->buf[i].fd) k++;
+    if (k == used) {
+      used_fd[used] = bv->buf[i].fd;
+      used_end[used++] = e;
+    } else if (e > used_end[k]) used_end[k] = e;
+  }
+  for (size_t k = 0; k < used; k++) {
+    struct stat st;
+    if (fstat(used_fd[k], &st) != 0 || (uint64_t)st.st_size < used_end[k]) return 0;
+  }
   /* libfuse's own test: a pipe of one page per segment plus two, and the data (and its header). */
   size_t pipe_need = 4096 * (n + 2) + 16 /* struct fuse_out_header */ + size;
   if (s->splice && size >= 2 * 4096 && pipe_need <= pipe_max) {
