@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import { QcowError, hex } from '../errors.js';
-import { type ImageFile, newFileId } from './image-file.js';
+import { type ImageFile, newFileId, readWhole } from './image-file.js';
 
 /** O_NOATIME keeps a forensic read from touching the image's atime; only the owner (or root) may ask. */
 const NOATIME = fs.constants.O_NOATIME ?? 0;
@@ -72,12 +72,7 @@ export class HostFile implements ImageFile {
   }
 
   readExact(position: number, length: number, what: string): Buffer {
-    if (position < 0 || position + length > this.size) {
-      throw new QcowError('EIO', this.path, `${what} at ${hex(position)} (${length} bytes) lies past the end of the file (size ${this.size})`);
-    }
-    const buf = Buffer.allocUnsafe(length);
-    this.readAt(buf, 0, length, position, what);
-    return buf;
+    return readWhole(this, position, length, what);
   }
 
   close(): void {

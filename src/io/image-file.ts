@@ -1,3 +1,5 @@
+import { QcowError, hex } from '../errors.js';
+
 /**
  * What the rest of the library reads an image through: a file opened read-only with positional,
  * synchronous reads. A local file (HostFile) is one; anything else that serves bytes by offset can be.
@@ -31,4 +33,14 @@ export function newFileId(): number {
 export function fileOffsetKey(fileId: number, offset: number): number | string {
   const key = offset * 1024 + (fileId % 1024);
   return fileId < 1024 && Number.isSafeInteger(key) ? key : `${fileId}:${offset}`;
+}
+
+/** Reads a metadata structure that must lie wholly inside `file` (the body of every readExact). */
+export function readWhole(file: ImageFile, position: number, length: number, what: string): Buffer {
+  if (position < 0 || position + length > file.size) {
+    throw new QcowError('EIO', file.path, `${what} at ${hex(position)} (${length} bytes) lies past the end of the file (size ${file.size})`);
+  }
+  const buf = Buffer.allocUnsafe(length);
+  file.readAt(buf, 0, length, position, what);
+  return buf;
 }

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { QcowError, hex } from '../errors.js';
 import { BlockCache, type CachedBlock } from './block-cache.js';
-import { type ImageFile, newFileId } from './image-file.js';
+import { type ImageFile, newFileId, readWhole } from './image-file.js';
 import {
   CONTROL_BYTES,
   type ConnectionSettings,
@@ -182,12 +182,7 @@ export class RemoteFile implements ImageFile {
 
   /** Reads a metadata structure that must lie wholly inside the file. */
   readExact(position: number, length: number, what: string): Buffer {
-    if (position < 0 || position + length > this.size) {
-      throw new QcowError('EIO', this.path, `${what} at ${hex(position)} (${length} bytes) lies past the end of the file (size ${this.size})`);
-    }
-    const buf = Buffer.allocUnsafe(length);
-    this.readAt(buf, 0, length, position, what);
-    return buf;
+    return readWhole(this, position, length, what);
   }
 
   remoteStats(): RemoteStats {
