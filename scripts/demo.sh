@@ -31,6 +31,6 @@ echo; echo "\$ ls -l $mnt $mnt/snapshots"
 ls -l "$mnt" "$mnt/snapshots"
 echo
 echo "Mounted. Try, as root:"
-echo "  mkdir -p /tmp/guest && mount -o loop,ro,offset=1048576 $mnt/snapshots/clean-install.raw /tmp/guest && ls -R /tmp/guest/home"
+echo "  mkdir -p /tmp/guest && mount -o loop,ro $mnt/snapshots/clean-install.p1 /tmp/guest && ls -R /tmp/guest/home"
 echo "  sha256sum $mnt/active.raw        # equals: qemu-img convert -O raw sample/disk.qcow2 x.raw && sha256sum x.raw"
 echo "Unmount with:  node dist/cli/qcow-mount.js -u $mnt"
