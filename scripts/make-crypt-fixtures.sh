@@ -103,8 +103,10 @@ qio() {
   out=$(qemu-io "${SECRETS[@]}" --image-opts "$(opts "$driver" "$img" "${ids[@]}")" "${cmds[@]}" 2>&1) || { echo "$out" >&2; die "qemu-io failed on $img"; }
   if grep -qiE 'fail|error|invalid' <<<"$out"; then echo "$out" >&2; die "qemu-io reported a problem on $img"; fi
 }
-# LUKS creation benchmarks PBKDF2 and sometimes fails here ("Unable to get accurate CPU usage"): retry.
-retry() { local i; for i in 1 2 3 4 5; do "$@" && return 0; sleep 1; done; return 1; }
+# LUKS creation times PBKDF2 with the thread's CPU clock, which this machine's kernel counts in ticks:
+# about one try in three fails "Unable to get accurate CPU usage", idle or busy, sometimes several in a
+# row. A failed try costs milliseconds, so try up to 40 times.
+retry() { local i; for i in $(seq 40); do "$@" 2>/dev/null && return 0; sleep 0.1; done; "$@"; }
 luks() { # luks NAME CIPHER-OPTS DESCRIPTION
   local name=$1 o=$2 desc=$3
   mkdir "$name"; cd "$name"

@@ -261,13 +261,13 @@ class Builder {
   qio(file: string, ...cmds: string[]): void {
     run('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), file], this.dir);
   }
-  /** LUKS creation times PBKDF2 and fails now and then on a busy machine ("Unable to get accurate CPU usage"). */
+  /** LUKS creation times PBKDF2 and fails about one try in three here ("Unable to get accurate CPU usage"). */
   qimgRetry(...args: string[]): string {
     for (let i = 0; ; i++) {
       try {
         return this.qimg(...args);
       } catch (err) {
-        if (i >= 5 || !String((err as { stderr?: string }).stderr ?? err).includes('accurate CPU usage')) throw err;
+        if (i >= 40 || !String((err as { stderr?: string }).stderr ?? err).includes('accurate CPU usage')) throw err;
       }
     }
   }

@@ -45,7 +45,7 @@ async function buildCryptImages(): Promise<CryptImages> {
       await runOk('qemu-img', ['convert', '--object', `secret,id=s0,file=${set.key}`, '-O', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', raw, set.luks]);
       break;
     } catch (err) {
-      if (i >= 4) throw err; // "Unable to get accurate CPU usage": QEMU's PBKDF2 timing, retried
+      if (i >= 40) throw err; // "Unable to get accurate CPU usage": QEMU's PBKDF2 timing fails ~1 try in 3
     }
   }
   fs.rmSync(raw);
