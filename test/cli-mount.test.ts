@@ -22,7 +22,7 @@ function cli(...args: string[]) {
 
 describe('qcow-mount usage', () => {
   it('documents the exit codes the commands share', () => {
-    expect(EXIT).toEqual({ OK: 0, USAGE: 1, IMAGE: 2, MOUNT: 3, UNMOUNT: 4, OUTPUT: 5, INTERNAL: 70 });
+    expect(EXIT).toEqual({ OK: 0, USAGE: 1, IMAGE: 2, MOUNT: 3, UNMOUNT: 4, OUTPUT: 5, PARTIAL: 6, INTERNAL: 70 });
   });
 
   it.each([
