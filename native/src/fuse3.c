@@ -30,6 +30,8 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "sector-crypt.h"
+
 /* Largest request. libfuse splices a reply only when its pipe holds the data plus one page per
  * segment and two more; a pipe cannot grow past pipe-max-size (1 MiB) without CAP_SYS_RESOURCE, and
  * libfuse's fallback then mallocs and copies per request (a quarter of the speed). 248 pages leave
@@ -54,6 +56,11 @@ typedef struct {
   uint32_t table_bits; /* clusters per published table: 1 << table_bits */
   uint64_t ntables;
   _Atomic(_Atomic uint64_t *) *tables;
+  /* An encrypted view: its data clusters are decrypted here (IV from the host sector, or with
+   * iv_guest from the sector in the view's L1 space, which starts iv_origin bytes before the view). */
+  sector_crypt_t *crypt;
+  int iv_guest;
+  uint64_t iv_origin;
 } view_t;
 
 typedef struct {
@@ -449,6 +456,52 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
   return 1;
 }
 
+static _Thread_local unsigned char *tl_plain;
+
+/* A read of an encrypted view: the whole sectors it touches are read from the host file and decrypted
+ * on this thread, then copied out (never spliced: the host bytes are not the guest's). 0 when a cluster
+ * is not known, or the host file or the cipher failed (JavaScript serves it and reports). */
+static int serve_encrypted(session_t *s, fuse_req_t req, view_t *v, uint64_t off, uint64_t size) {
+  const uint64_t cs = (uint64_t)1 << v->cluster_bits;
+  const uint64_t tmask = ((uint64_t)1 << v->table_bits) - 1;
+  const uint64_t start = off & ~(uint64_t)511, end = (off + size + 511) & ~(uint64_t)511;
+  if (size > s->max_write) return 0;
+  if (!tl_plain) tl_plain = malloc(s->max_write + 1024);
+  if (!tl_plain) return 0;
+  /* Whole sectors stay in the clusters the read touches: clusters are whole sectors. */
+  for (uint64_t pos = start, len; pos < end; pos += len) {
+    uint64_t e = 0, host = 0;
+    len = 0;
+    for (uint64_t at = pos; at < end; at = pos + len) {
+      uint64_t c = at >> v->cluster_bits, t = c >> v->table_bits;
+      _Atomic uint64_t *table = t < v->ntables ? atomic_load_explicit(&v->tables[t], memory_order_acquire) : NULL;
+      uint64_t next = table ? atomic_load_explicit(&table[c & tmask], memory_order_acquire) : 0;
+      if (next == 0) return 0;
+      uint64_t in = at & (cs - 1), n = cs - in < end - at ? cs - in : end - at;
+      uint64_t next_host = (next & HOST_MASK) + in;
+      /* One pread and one decrypt call for clusters that follow each other in the same host file. */
+      if (len > 0 && !((next & 3u) == KIND_DATA && (e & 3u) == KIND_DATA && ((next ^ e) & (SLOT_MASK << SLOT_SHIFT)) == 0 && next_host == host + len)) break;
+      if (len == 0) { e = next; host = next_host; }
+      len += n;
+      if ((e & 3u) != KIND_DATA) break;
+    }
+    unsigned char *dst = tl_plain + (pos - start);
+    if ((e & 3u) != KIND_DATA) { memset(dst, 0, len); continue; }
+    int fd = s->fds[(e >> SLOT_SHIFT) & SLOT_MASK];
+    for (uint64_t got = 0; got < len;) {
+      ssize_t r = pread(fd, dst + got, len - got, (off_t)(host + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return 0;
+      got += (uint64_t)r;
+    }
+    if (sector_crypt_decrypt(v->crypt, dst, len, (v->iv_guest ? v->iv_origin + pos : host) / 512) != 0) return 0;
+  }
+  fuse_reply_buf(req, (char *)tl_plain + (off - start), size);
+  atomic_fetch_add_explicit(&s->native_reads, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&s->native_bytes, size, memory_order_relaxed);
+  return 1;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi) {
   session_t *s = fuse_req_userdata(req);
   node_t *n = node_of(s, ino);
@@ -459,7 +512,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
   if (len == 0) { fuse_reply_buf(req, NULL, 0); return; }
   if (s->debug) { to_js(s, req, ino, (uint64_t)off, len); return; } /* logged there, as in compat */
   if (n->bytes) { fuse_reply_buf(req, n->bytes + off, len); return; }
-  if (n->view >= 0 && serve_mapped(s, req, &s->views[n->view], (uint64_t)off, len)) return;
+  if (n->view >= 0 && s->views[n->view].crypt && serve_encrypted(s, req, &s->views[n->view], (uint64_t)off, len)) return;
+  if (n->view >= 0 && !s->views[n->view].crypt && serve_mapped(s, req, &s->views[n->view], (uint64_t)off, len)) return;
   to_js(s, req, ino, (uint64_t)off, len);
 }
 
@@ -586,6 +640,7 @@ static void free_session(session_t *s) {
     if (!s->views[i].tables) continue;
     for (uint64_t t = 0; t < s->views[i].ntables; t++) free((void *)atomic_load(&s->views[i].tables[t]));
     free((void *)s->views[i].tables);
+    sector_crypt_free(s->views[i].crypt); /* zeroes the key */
   }
   free(s->views);
   for (uint32_t i = 0; i < s->nfds; i++) close(s->fds[i]);
@@ -689,13 +744,24 @@ static const char *load_views(napi_env env, session_t *s, napi_value views) {
     if (v->ntables > (1u << 22)) v->ntables = 1u << 22;
     v->tables = calloc(v->ntables ? v->ntables : 1, sizeof *v->tables);
     if (!v->tables) return "out of memory";
+    napi_value crypt;
+    if (get_prop(env, o, "crypt", &crypt)) {
+      const char *problem;
+      if (!(v->crypt = sector_crypt_from_js(env, crypt, &problem))) return problem;
+      napi_value guest;
+      bool b = false;
+      if (get_prop(env, crypt, "ivGuest", &guest) && napi_get_value_bool(env, guest, &b) != napi_ok) return "crypt ivGuest must be a boolean";
+      v->iv_guest = b;
+      v->iv_origin = (uint64_t)get_num(env, crypt, "ivOrigin", 0);
+    }
   }
   return NULL;
 }
 
 /* mount(options) -> session. options: mountPoint, fuseOptions (the -o string), threads, maxWrite,
  * uid, gid, cacheSeconds, debug, mapLimitBytes, nodes [{name, parent, dir, size, mtimeMs, bytes?,
- * view?}] in inode order (the root first), views [{size, clusterBits, tableBits}], fds [host files],
+ * view?}] in inode order (the root first), views [{size, clusterBits, tableBits, crypt?}] (crypt:
+ * sector-crypt.h, plus ivGuest and ivOrigin), fds [host files],
  * statfs {bsize, frsize, blocks, files, namemax}, onRead(id, ino, offset, length), onEvent(kind, text, code). */
 static napi_value js_mount(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -984,6 +1050,7 @@ NAPI_MODULE_INIT() {
     { "stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL },
     { "destroy", NULL, js_destroy, NULL, NULL, NULL, napi_default, NULL },
     { "unref", NULL, js_unref, NULL, NULL, NULL, napi_default, NULL },
+    { "cipherAvailable", NULL, sector_crypt_js_available, NULL, NULL, NULL, napi_default, NULL },
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_value v;

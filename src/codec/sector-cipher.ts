@@ -85,6 +85,23 @@ export class SectorCipher {
     }
   }
 
+  /**
+   * What a C decryptor needs to decrypt exactly as this cipher does (the native FUSE back-end's
+   * native/src/sector-crypt.c): OpenSSL's names and copies of the keys, which the caller zeroes.
+   */
+  params(): SectorCipherParams {
+    if (this.closed) throw new Error('sector cipher used after close');
+    const { cipher, mode, ivgen } = this.spec;
+    const bits = (mode === 'xts' ? this.spec.keyBytes / 2 : this.spec.keyBytes) * 8;
+    const essivKey = this.essiv ? Buffer.from(this.keys[1]!) : undefined;
+    return {
+      cipher: cipher === 'cast5' ? `cast5-${mode}` : `aes-${bits}-${mode}`,
+      ivgen: mode === 'ecb' ? 'none' : ivgen,
+      key: Buffer.from(this.keys[0]!),
+      ...(essivKey ? { essivCipher: `${cipher === 'cast5' ? 'cast5' : `aes-${essivKey.length * 8}`}-ecb`, essivKey } : {}),
+    };
+  }
+
   /** Zeroes the keys this cipher holds (OpenSSL's contexts free theirs when collected). */
   close(): void {
     if (this.closed) return;
@@ -195,6 +212,15 @@ export class SectorCipher {
     xor(plain, 0, tweaks, 0, data.length);
     data.set(plain);
   }
+}
+
+/** A sector cipher in OpenSSL's words: `cipher` keyed with `key`, IVs from `ivgen` (essiv: the plain64 IV encrypted with `essivCipher` under `essivKey`). */
+export interface SectorCipherParams {
+  cipher: string;
+  ivgen: 'none' | 'plain' | 'plain64' | 'essiv';
+  key: Buffer;
+  essivCipher?: string;
+  essivKey?: Buffer;
 }
 
 /**

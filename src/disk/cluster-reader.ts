@@ -21,7 +21,7 @@ export class ClusterReader {
     readonly clusterSize: number,
     private readonly caches: SharedCaches,
     /** Set for an encrypted image that a key opened. */
-    private readonly decryption?: DataDecryption,
+    readonly decryption?: DataDecryption,
     /** Set for an encrypted image that no key opened: reading its data is refused with this. */
     private readonly locked?: QcowError,
   ) {}

@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import type { SectorCipherParams } from '../codec/sector-cipher.js';
 import type { Logger } from './fuse-ops.js';
 import { FUSE_SUBTYPE } from './system.js';
 import type { DiskNode, FileNode, MountTree } from './tree.js';
@@ -17,6 +18,7 @@ interface Addon {
   stats(session: unknown): NativeStats;
   destroy(session: unknown): void;
   unref(session: unknown): void;
+  cipherAvailable(name: string): boolean;
   defaultMaxWrite: number;
 }
 
@@ -59,6 +61,22 @@ export function nativeFuseProblem(): string {
   return loadProblem;
 }
 
+/** Whether the native back-end can decrypt with this OpenSSL cipher (e.g. aes-256-xts) in this Node. */
+export function nativeCipherAvailable(name: string): boolean {
+  return loadAddon()?.cipherAvailable(name) ?? false;
+}
+
+/**
+ * An encrypted view's cipher for the worker threads (native/src/sector-crypt.h). Its key buffers are
+ * copied into C at mount and zeroed here right after; C zeroes its copy when the session ends.
+ */
+export interface NativeCrypt extends SectorCipherParams {
+  /** IVs from the guest sector (legacy AES), else from the host sector (LUKS). */
+  ivGuest: boolean;
+  /** Guest IVs: where the view starts in its L1 space (a VM state view lies past the disk). */
+  ivOrigin: number;
+}
+
 /** Publishes map entries of one view: -1 unknown, -2 zeros, else the cluster's host offset in `slot`. */
 export type Publisher = (firstCluster: number, entries: Float64Array, slot: number) => boolean;
 
@@ -68,6 +86,8 @@ export interface ViewMapper {
   clusterBits: number;
   /** log2 of the clusters per published table (one L2 table). */
   tableBits: number;
+  /** Set for an encrypted view: its data clusters are decrypted by the worker threads. */
+  crypt?: NativeCrypt;
   /** After JS served [position, position + length): publish what is now known about it. */
   fill(position: number, length: number, publish: Publisher): void;
 }
@@ -135,7 +155,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
   const nodes = tree.nodes();
   const byIno: FileNode[] = [];
   const mappers: (ViewMapper | undefined)[] = [];
-  const views: { size: number; clusterBits: number; tableBits: number }[] = [];
+  const views: { size: number; clusterBits: number; tableBits: number; crypt?: NativeCrypt }[] = [];
   const viewOf = new Map<number, number>();
   const list = nodes.map((n, i) => {
     if (n.ino !== i + 1) throw new Error(`internal: node ${n.path} has inode ${n.ino}, expected ${i + 1}`);
@@ -150,7 +170,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
     let view = -1;
     if (mapper) {
       view = views.length;
-      views.push({ size: n.size, clusterBits: mapper.clusterBits, tableBits: mapper.tableBits });
+      views.push({ size: n.size, clusterBits: mapper.clusterBits, tableBits: mapper.tableBits, crypt: mapper.crypt });
       mappers.push(mapper);
       viewOf.set(n.ino, view);
     }
@@ -216,24 +236,31 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
     }
   };
 
-  session = a.mount({
-    mountPoint,
-    fuseOptions: optionString,
-    threads: options.threads ?? 3,
-    maxWrite,
-    uid: options.uid,
-    gid: options.gid,
-    cacheSeconds: cache,
-    debug: options.debug ? 1 : 0,
-    splice: options.splice === false ? 0 : 1,
-    mapLimitBytes: options.mapLimitBytes ?? 64 * 1024 * 1024,
-    nodes: list,
-    views,
-    fds: options.hostFds ?? [],
-    statfs: options.statfs,
-    onRead,
-    onEvent,
-  });
+  try {
+    session = a.mount({
+      mountPoint,
+      fuseOptions: optionString,
+      threads: options.threads ?? 3,
+      maxWrite,
+      uid: options.uid,
+      gid: options.gid,
+      cacheSeconds: cache,
+      debug: options.debug ? 1 : 0,
+      splice: options.splice === false ? 0 : 1,
+      mapLimitBytes: options.mapLimitBytes ?? 64 * 1024 * 1024,
+      nodes: list,
+      views,
+      fds: options.hostFds ?? [],
+      statfs: options.statfs,
+      onRead,
+      onEvent,
+    });
+  } finally {
+    for (const v of views) {
+      v.crypt?.key.fill(0);
+      v.crypt?.essivKey?.fill(0);
+    }
+  }
 
   const timeoutMs = options.initTimeoutMs ?? 15000;
   let timer: NodeJS.Timeout | undefined;

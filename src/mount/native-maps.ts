@@ -2,12 +2,14 @@
  * What the native back-end may serve by itself: for a disk file whose top layer is a qcow2 file whose
  * data runs are plain bytes in a local host file, the map of each table of clusters the reads touch,
  * built with the same translation JavaScript reads with (data and zero runs only; compressed clusters,
- * backing files and entries that fail to translate stay with JavaScript).
+ * backing files and entries that fail to translate stay with JavaScript). Data runs of an encrypted
+ * view are decrypted by the worker threads when its cipher is AES and this Node's OpenSSL has it.
  */
 import { Qcow2Disk } from '../disk/qcow2-disk.js';
 import { HostFile } from '../io/host-file.js';
 import { Run, RunKind } from '../translate/qcow2-map.js';
-import type { ViewMapper } from './fuse3-native.js';
+import type { DataDecryption } from '../encryption.js';
+import { type NativeCrypt, type ViewMapper, nativeCipherAvailable } from './fuse3-native.js';
 import { MapTableBuilder } from './native-map-table.js';
 import type { DiskNode } from './tree.js';
 
@@ -34,8 +36,10 @@ export function qcow2Mapper(node: DiskNode, slots: HostSlots): ViewMapper | unde
   if (!(disk instanceof Qcow2Disk)) return undefined;
   const { map, reader, origin } = disk;
   const dataFile = reader.dataFile;
-  // Encrypted (or otherwise transformed) data, remote files and views not on a cluster boundary stay with JS.
-  if (!reader.servesHostBytes || !(dataFile instanceof HostFile) || origin % map.clusterSize !== 0) return undefined;
+  // Remote files and views not on a cluster boundary stay with JS; so do locked images and ciphers C lacks.
+  if (!(dataFile instanceof HostFile) || origin % map.clusterSize !== 0) return undefined;
+  const crypt = reader.decryption ? nativeCrypt(reader.decryption, origin) : undefined;
+  if (!reader.servesHostBytes && !crypt) return undefined;
   const slot = slots.slotOf(dataFile);
   if (slot === undefined) return undefined;
   const span = map.l2Span;
@@ -77,6 +81,7 @@ export function qcow2Mapper(node: DiskNode, slots: HostSlots): ViewMapper | unde
   };
 
   return {
+    crypt,
     clusterBits: map.clusterBits,
     tableBits: Math.log2(map.l2Entries),
     fill(position, length, publish) {
@@ -88,4 +93,19 @@ export function qcow2Mapper(node: DiskNode, slots: HostSlots): ViewMapper | unde
       }
     },
   };
+}
+
+/**
+ * The cipher for the worker threads, or undefined: cast5 (OpenSSL's legacy provider, 8-byte blocks)
+ * and anything this Node's OpenSSL lacks are decrypted in JavaScript.
+ */
+function nativeCrypt(d: DataDecryption, origin: number): NativeCrypt | undefined {
+  if (d.cipher.spec.cipher !== 'aes') return undefined;
+  const params = d.cipher.params();
+  if (!nativeCipherAvailable(params.cipher) || (params.essivCipher && !nativeCipherAvailable(params.essivCipher))) {
+    params.key.fill(0);
+    params.essivKey?.fill(0);
+    return undefined;
+  }
+  return { ...params, ivGuest: d.ivFrom === 'guest', ivOrigin: origin };
 }
