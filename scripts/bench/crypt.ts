@@ -4,6 +4,8 @@
  * LUKS with -k) and by qemu-storage-daemon's FUSE export of the LUKS image (with its secret object), read
  * with the same fio jobs, medians over rounds. The goal (issue 9): reads of the encrypted view within 2x
  * the time of the same view unencrypted. Writes OUT.md and OUT.json.
+ * QCOW_BENCH_CRYPT_BASELINE=PATH/dist/cli/qcow-mount.js adds that build's LUKS mount as a fourth target
+ * (before/after pairs in one run).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createCipheriv } from 'node:crypto';
@@ -95,8 +97,10 @@ async function mountQsdLuks(set: CryptImages): Promise<Mounted> {
   };
 }
 
-type Target = 'ours plain' | 'ours LUKS' | 'qsd LUKS';
-const TARGETS: Target[] = ['ours plain', 'ours LUKS', 'qsd LUKS'];
+type Target = 'ours plain' | 'ours LUKS' | 'qsd LUKS' | 'baseline LUKS';
+const BASELINE = process.env.QCOW_BENCH_CRYPT_BASELINE;
+const TARGETS: Target[] = ['ours plain', 'ours LUKS', 'qsd LUKS', ...(BASELINE ? (['baseline LUKS'] as const) : [])];
+const none = (): Record<Target, number[]> => ({ 'ours plain': [], 'ours LUKS': [], 'qsd LUKS': [], 'baseline LUKS': [] });
 
 export interface CryptBenchResult {
   workloads: Record<string, { title: string; metric: string; values: Record<Target, number[]> }>;
@@ -106,8 +110,8 @@ export interface CryptBenchResult {
 export async function runCryptBench(rounds: number, opt: RunOptions, out: string): Promise<CryptBenchResult> {
   const set = await buildCryptImages();
   const workloads: Workload[] = [WORKLOADS.seq1m, WORKLOADS.seq128k, WORKLOADS.rand4k1];
-  const result: CryptBenchResult = { workloads: {}, mountMs: { 'ours plain': [], 'ours LUKS': [], 'qsd LUKS': [] } };
-  for (const w of workloads) result.workloads[w.id] = { title: w.title, metric: w.metric, values: { 'ours plain': [], 'ours LUKS': [], 'qsd LUKS': [] } };
+  const result: CryptBenchResult = { workloads: {}, mountMs: none() };
+  for (const w of workloads) result.workloads[w.id] = { title: w.title, metric: w.metric, values: none() };
   for (let round = 0; round < rounds; round++) {
     // Peer order rotates each round, so that none always runs first on a cold machine.
     const order = TARGETS.map((_, i) => TARGETS[(i + round) % TARGETS.length]!);
@@ -118,7 +122,9 @@ export async function runCryptBench(rounds: number, opt: RunOptions, out: string
           ? await mountPeer('ours', { image: set.plain, tag: 'crypt-plain' })
           : target === 'ours LUKS'
             ? await mountPeer('ours', { image: set.luks, tag: 'crypt-luks', oursArgs: ['-k', set.key] })
-            : await mountQsdLuks(set);
+            : target === 'baseline LUKS'
+              ? await mountPeer('ours', { image: set.luks, tag: 'crypt-base', oursArgs: ['-k', set.key], oursCli: BASELINE })
+              : await mountQsdLuks(set);
       result.mountMs[target].push(m.mountMs);
       try {
         for (const w of workloads) {
@@ -142,14 +148,16 @@ function renderCrypt(r: CryptBenchResult, rounds: number): string {
   const L = [
     `## Encrypted view (LUKS aes-256-xts-plain64, 512 MiB random data, 64 KiB clusters): medians of ${rounds} rounds`,
     '',
-    '| workload | ours plain | ours LUKS | qsd LUKS | LUKS time / plain time (goal <= 2) | ours LUKS / qsd LUKS |',
-    '|---|---|---|---|---|---|',
+    `| workload | ours plain | ours LUKS | qsd LUKS |${BASELINE ? ' baseline LUKS |' : ''} LUKS time / plain time (goal <= 2) | ours LUKS / qsd LUKS |`,
+    `|---|---|---|---|${BASELINE ? '---|' : ''}---|---|`,
   ];
+  const cell = (xs: number[]) => `${median(xs).toFixed(0)} [${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)}]`;
   for (const w of Object.values(r.workloads)) {
     const plain = median(w.values['ours plain']);
     const luks = median(w.values['ours LUKS']);
     const qsd = median(w.values['qsd LUKS']);
-    L.push(`| ${w.title} (${w.metric}) | ${plain.toFixed(0)} | ${luks.toFixed(0)} | ${qsd.toFixed(0)} | ${(plain / luks).toFixed(2)}x | ${(luks / qsd).toFixed(2)}x |`);
+    const base = BASELINE ? ` ${cell(w.values['baseline LUKS'])} |` : '';
+    L.push(`| ${w.title} (${w.metric}) | ${cell(w.values['ours plain'])} | ${cell(w.values['ours LUKS'])} | ${cell(w.values['qsd LUKS'])} |${base} ${(plain / luks).toFixed(2)}x | ${(luks / qsd).toFixed(2)}x |`);
   }
   L.push('', `Mount time (ms, median): ours plain ${median(r.mountMs['ours plain']).toFixed(0)}, ours LUKS ${median(r.mountMs['ours LUKS']).toFixed(0)} (PBKDF2 with iter-time 10), qsd LUKS ${median(r.mountMs['qsd LUKS']).toFixed(0)}.`, '');
   return L.join('\n');

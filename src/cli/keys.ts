@@ -74,9 +74,10 @@ function readAllStdin(): Buffer {
 /** Asks on the terminal with echo off; the line's bytes without its newline. */
 function promptPassphrase(req: PassphraseRequest): Buffer | undefined {
   const label = req.attempt > 1 ? 'No key slot opened; passphrase' : 'Passphrase';
-  fs.writeSync(2, `${label} for ${req.path} (${req.format === 'luks' ? 'LUKS' : 'AES'}): `);
   const stty = (arg: string) => execFileSync('stty', [arg], { stdio: ['inherit', 'ignore', 'ignore'] });
+  // Echo off before the prompt shows: the terminal echoes what is typed (or pasted) when it arrives.
   stty('-echo');
+  fs.writeSync(2, `${label} for ${req.path} (${req.format === 'luks' ? 'LUKS' : 'AES'}): `);
   const line: number[] = [];
   try {
     const one = Buffer.alloc(1);

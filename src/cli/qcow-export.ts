@@ -96,7 +96,8 @@ async function main(argv: string[]): Promise<number> {
   let image;
   try {
     image = await openImage(imagePath, { ...openOptions, ...keys }).catch((err: unknown) => {
-      throw withNoBackingHint(err, imagePath, { ...openOptions, ...keys });
+      // Passphrases given, never the prompt: the check must not ask at the terminal a second time.
+      throw withNoBackingHint(err, imagePath, { ...openOptions, passphrases: keys.passphrases });
     });
   } finally {
     forgetKeys(keys);
