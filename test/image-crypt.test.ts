@@ -1,15 +1,29 @@
+import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { QcowError } from '../src/errors.js';
 import { type QcowImage, openImageSync } from '../src/image.js';
 import type { Disk } from '../src/disk/disk.js';
 import { cryptFixtures, cryptFixturesReady, cryptPath, keyBytes } from './support/crypt-fixtures.js';
+import { repoRoot } from './support/fixtures.js';
 import { prng } from './support/prng.js';
 import { toolsAvailable } from './support/tools.js';
 
 const ready = toolsAvailable('qemu-img') && cryptFixturesReady();
 /** Ciphers OpenSSL lacks (refused by name) and cast5 (legacy provider only: see codec-luks.test.ts). */
 const readable = (name: string) => !/serpent|twofish|cast5/.test(name);
+
+/** Whether this Node loaded OpenSSL's legacy provider (--openssl-legacy-provider): cast5 needs it. */
+const cast5InThisNode = (() => {
+  try {
+    crypto.createDecipheriv('cast5-ecb', Buffer.alloc(16), null);
+    return true;
+  } catch {
+    return false;
+  }
+})();
 
 function keysOf(list: string): Buffer[] {
   return list ? list.split(',').map(keyBytes) : [];
@@ -114,6 +128,28 @@ describe.runIf(ready)('encrypted and qcow v1 images through openImage, against Q
       }
     }
   });
+
+  it.runIf(cast5InThisNode)('luks-cast5-cbc through openImage (legacy provider loaded)', () => {
+    const fx = cryptFixtures().find((f) => f.name === 'luks-cast5-cbc')!;
+    const image = openImageSync(cryptPath(fx.image), { passphrases: [keyBytes('key-a')] });
+    try {
+      checkView(image.active, fs.readFileSync(cryptPath(fx.oracle)), 'cast5 active', 10);
+    } finally {
+      image.close();
+    }
+  });
+
+  it.runIf(!cast5InThisNode)('luks-cast5-cbc: refused naming the flag; in a Node with the legacy provider, QEMU bytes', () => {
+    const fx = cryptFixtures().find((f) => f.name === 'luks-cast5-cbc')!;
+    expect(() => openImageSync(cryptPath(fx.image), { passphrases: [keyBytes('key-a')] })).toThrow(/--openssl-legacy-provider/);
+    // The twin above, in a Node that loads the legacy provider: it must run and pass, not skip.
+    const out = execFileSync(process.execPath, ['--openssl-legacy-provider', path.join(repoRoot, 'node_modules/vitest/vitest.mjs'), 'run', 'test/image-crypt.test.ts', '-t', 'through openImage \\(legacy provider loaded\\)'], {
+      cwd: repoRoot,
+      encoding: 'utf8',
+      env: { ...process.env, NODE_OPTIONS: '--openssl-legacy-provider', NO_COLOR: '1', FORCE_COLOR: '0' },
+    });
+    expect(out).toMatch(/Tests\s+1 passed/);
+  }, 120_000);
 
   it('closing zeroes the keys', () => {
     const fx = fixtures.find((f) => f.name === 'luks-aes256-xts')!;
