@@ -1,12 +1,13 @@
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { QcowError } from '../src/errors.js';
 import { type QcowImage, openImageSync } from '../src/image.js';
 import type { Disk } from '../src/disk/disk.js';
-import { cryptFixtures, cryptFixturesReady, cryptPath, keyBytes } from './support/crypt-fixtures.js';
+import { cryptFixtures, cryptFixturesReady, cryptPath, keyBytes, makeAes192Xts } from './support/crypt-fixtures.js';
 import { repoRoot } from './support/fixtures.js';
 import { prng } from './support/prng.js';
 import { toolsAvailable } from './support/tools.js';
@@ -150,6 +151,22 @@ describe.runIf(ready)('encrypted and qcow v1 images through openImage, against Q
     });
     expect(out).toMatch(/Tests\s+1 passed/);
   }, 120_000);
+
+  it('aes-192-xts, made by QEMU here (the one aes-192 mode QEMU 7.2 creates)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow-aes192-'));
+    try {
+      const made = makeAes192Xts(dir);
+      const image = openImageSync(made.image, { passphrases: [fs.readFileSync(made.key)] });
+      try {
+        expect(image.encryption).toMatchObject({ cipherAlg: 'aes-192', cipherMode: 'xts' });
+        checkView(image.active, fs.readFileSync(made.oracle), 'aes-192-xts active', 11);
+      } finally {
+        image.close();
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 
   it('closing zeroes the keys', () => {
     const fx = fixtures.find((f) => f.name === 'luks-aes256-xts')!;
