@@ -34,4 +34,15 @@ describe('MapTableBuilder', () => {
     b.data(CS / 2, CS / 2, 7 * CS);
     expect([...b.finish()]).toEqual([UNKNOWN]);
   });
+
+  it('zlib clusters carry their stream offset and length; past the host file or mixed, they stay unknown', () => {
+    const b = new MapTableBuilder(0, 4, CS, 4 * CS, 1 << 20);
+    b.zlib(0, CS, 3 * CS + 700, 2 * 512 - 700 % 512); // cluster 0: a stream of two sectors
+    b.data(CS, CS, 8 * CS); // cluster 1: plain data
+    b.zlib(2 * CS, CS / 2, 5 * CS, 512); // cluster 2: half compressed run ...
+    b.data(2 * CS + CS / 2, CS / 2, 9 * CS); // ... half data: mixed
+    b.zlib(3 * CS, CS, 1 << 20, 512); // cluster 3: its stream starts at the end of the host file
+    expect([...b.finish()]).toEqual([3 * CS + 700, 8 * CS, UNKNOWN, UNKNOWN]);
+    expect([...b.zlibLengths]).toEqual([1024 - 700 % 512, 0, 0, 0]);
+  });
 });

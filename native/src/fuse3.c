@@ -26,10 +26,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
+#include "inflate-cluster.h"
 #include "sector-crypt.h"
 
 /* Largest request. libfuse splices a reply only when its pipe holds the data plus one page per
@@ -41,14 +45,22 @@
 #define MAX_FDS 64
 
 /* Map entries: 0 unknown; else kind in bits 0-1, host file slot in bits 2-7, host offset (cluster
- * aligned, clusters are >= 512 bytes) above. */
+ * aligned, clusters are >= 512 bytes) above. A zlib-compressed cluster: the 512-byte sectors its
+ * stream spans in bits 8-21 (at most 2^13), the stream's host offset in bits 22-63 (below 4 TiB). */
 #define KIND_DATA 1u
 #define KIND_ZERO 2u
+#define KIND_ZLIB 3u
 #define SLOT_SHIFT 2
 #define SLOT_MASK 0x3fu
 #define HOST_MASK (~(uint64_t)0x1ff)
+#define ZSECT_SHIFT 8
+#define ZSECT_MASK 0x3fffu
+#define ZHOST_SHIFT 22
+#define ZHOST_LIMIT ((uint64_t)1 << 42)
 
-static const char zeros[ZERO_BYTES];
+/* Zeros for replies: an anonymous read-only mapping nobody writes, so its pages (the kernel's zero
+ * page) can be passed into a pipe by reference (vmsplice) and never change under a reply. */
+static const char *zeros;
 
 typedef struct {
   uint64_t size;
@@ -121,6 +133,7 @@ typedef struct session {
   _Atomic uint64_t native_reads;
   _Atomic uint64_t js_reads;
   _Atomic uint64_t native_bytes;
+  _Atomic uint64_t piped_reads; /* replies of many segments passed through a worker's own pipe */
 } session_t;
 
 /* ---------------------------------------------------------------- events to JavaScript */
@@ -349,18 +362,134 @@ static void to_js(session_t *s, fuse_req_t req, fuse_ino_t ino, uint64_t off, ui
 }
 
 static size_t pipe_max = 1024 * 1024; /* /proc/sys/fs/pipe-max-size, read at load */
+#define PAGE 4096u
+
+/* A compressed cluster's segment of a reply (a fuse_buf with neither an fd nor memory). */
+typedef struct {
+  uint64_t host;
+  uint32_t hlen; /* stream bytes: to the end of its last sector */
+  uint32_t in; /* the segment's first byte inside the inflated cluster */
+} zseg_t;
 
 static _Thread_local char *tl_copy;
 static _Thread_local struct fuse_bufvec *tl_vec;
+static _Thread_local zseg_t *tl_zseg;
 static _Thread_local size_t tl_vec_cap;
 
 static struct fuse_bufvec *vec_for(size_t segments) {
   if (segments > tl_vec_cap) {
     free(tl_vec);
+    free(tl_zseg);
     tl_vec = calloc(1, sizeof(struct fuse_bufvec) + segments * sizeof(struct fuse_buf));
+    tl_zseg = calloc(segments, sizeof *tl_zseg);
+    if (!tl_vec || !tl_zseg) {
+      free(tl_vec);
+      free(tl_zseg);
+      tl_vec = NULL;
+      tl_zseg = NULL;
+    }
     tl_vec_cap = tl_vec ? segments : 0;
   }
   return tl_vec;
+}
+
+/* Each worker's own pipe for replies of many segments (closed when the worker ends). */
+typedef struct {
+  int r, w;
+  size_t slots; /* pipe buffers it holds: one page each */
+} seg_pipe_t;
+
+static pthread_key_t seg_pipe_key;
+
+static void seg_pipe_free(void *p) {
+  seg_pipe_t *sp = p;
+  close(sp->r);
+  close(sp->w);
+  free(sp);
+}
+
+static seg_pipe_t *seg_pipe(void) {
+  seg_pipe_t *sp = pthread_getspecific(seg_pipe_key);
+  if (sp) return sp->r >= 0 ? sp : NULL;
+  sp = malloc(sizeof *sp);
+  if (!sp) return NULL;
+  int fds[2];
+  sp->r = sp->w = -1;
+  sp->slots = 0;
+  if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0) {
+    int got = fcntl(fds[0], F_SETPIPE_SZ, (int)pipe_max);
+    if (got >= (int)(64 * PAGE)) {
+      sp->r = fds[0];
+      sp->w = fds[1];
+      sp->slots = (size_t)got / PAGE;
+    } else {
+      close(fds[0]);
+      close(fds[1]);
+    }
+  }
+  /* Remembered even when it failed: no pipe() per request on a system that refuses. */
+  if (pthread_setspecific(seg_pipe_key, sp) != 0) {
+    if (sp->r >= 0) { close(sp->r); close(sp->w); }
+    free(sp);
+    return NULL;
+  }
+  return sp->r >= 0 ? sp : NULL;
+}
+
+/* Empties the pipe after a failed fill: the next reply must find it empty. */
+static void seg_pipe_drain(seg_pipe_t *sp) {
+  char sink[16384];
+  while (read(sp->r, sink, sizeof sink) > 0) {
+  }
+}
+
+/* Pages a segment occupies in a pipe: splice and vmsplice pass page references, one per buffer. */
+static size_t pages_spanned(uint64_t start, uint64_t len) {
+  return (size_t)(((start & (PAGE - 1)) + len + PAGE - 1) / PAGE);
+}
+
+/* A reply of many segments in one pipe buffer: host runs spliced and zero runs vmspliced into this
+ * worker's pipe, then answered with fuse_reply_data() of that pipe, which libfuse splices whole into
+ * its own pipe (its size heuristic counts one buffer). -1 when it does not fit a pipe (the caller
+ * copies), 0 when a host file read failed (JavaScript serves it), 1 when answered. */
+static int reply_from_pipe(fuse_req_t req, struct fuse_bufvec *bv, uint64_t size) {
+  size_t slots = 0;
+  for (size_t i = 0; i < bv->count; i++) {
+    struct fuse_buf *b = &bv->buf[i];
+    slots += pages_spanned((b->flags & FUSE_BUF_IS_FD) ? (uint64_t)b->pos : 0, b->size);
+  }
+  /* libfuse's pipe holds at least the data's pages plus the header's and two more. */
+  if (slots > (size + PAGE - 1) / PAGE + 2) return -1;
+  seg_pipe_t *sp = seg_pipe();
+  if (!sp || slots > sp->slots) return -1;
+  for (size_t i = 0; i < bv->count; i++) {
+    struct fuse_buf *b = &bv->buf[i];
+    size_t done = 0;
+    while (done < b->size) {
+      ssize_t r;
+      if (b->flags & FUSE_BUF_IS_FD) {
+        loff_t pos = b->pos + (off_t)done;
+        r = splice(b->fd, &pos, sp->w, NULL, b->size - done, SPLICE_F_NONBLOCK);
+      } else {
+        struct iovec iov = { .iov_base = (void *)(zeros + done), .iov_len = b->size - done };
+        r = vmsplice(sp->w, &iov, 1, SPLICE_F_NONBLOCK);
+      }
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        /* An I/O error or a short file (JavaScript reads it and reports), or a full pipe. */
+        seg_pipe_drain(sp);
+        return 0;
+      }
+      done += (size_t)r;
+    }
+  }
+  struct fuse_bufvec one = FUSE_BUFVEC_INIT(size);
+  one.buf[0].flags = FUSE_BUF_IS_FD;
+  one.buf[0].fd = sp->r;
+  fuse_reply_data(req, &one, 0);
+  int left = 0;
+  if (ioctl(sp->r, FIONREAD, &left) == 0 && left > 0) seg_pipe_drain(sp);
+  return 1;
 }
 
 /* Serves [off, off + size) from the map; 0 when a cluster is not known (the caller hands it to JS). */
@@ -371,6 +500,7 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
   struct fuse_bufvec *bv = vec_for(max_segments);
   if (!bv) return 0;
   size_t n = 0;
+  int inflated = 0; /* a compressed cluster: the reply is built in memory */
   uint64_t pos = off, end = off + size;
   while (pos < end) {
     uint64_t c = pos >> v->cluster_bits;
@@ -383,7 +513,13 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
     uint64_t in = pos & (cs - 1);
     uint64_t len = cs - in < end - pos ? cs - in : end - pos;
     struct fuse_buf *last = n ? &bv->buf[n - 1] : NULL;
-    if ((e & 3u) == KIND_DATA) {
+    if ((e & 3u) == KIND_ZLIB) {
+      if (n == max_segments) return 0;
+      uint64_t host = e >> ZHOST_SHIFT;
+      tl_zseg[n] = (zseg_t){ .host = host, .hlen = (uint32_t)((((e >> ZSECT_SHIFT) & ZSECT_MASK) << 9) - (host & 511)), .in = (uint32_t)in };
+      bv->buf[n++] = (struct fuse_buf){ .size = len, .fd = s->fds[(e >> SLOT_SHIFT) & SLOT_MASK] };
+      inflated = 1;
+    } else if ((e & 3u) == KIND_DATA) {
       int fd = s->fds[(e >> SLOT_SHIFT) & SLOT_MASK];
       uint64_t host = (e & HOST_MASK) + in;
       if (last && (last->flags & FUSE_BUF_IS_FD) && last->fd == fd && (uint64_t)last->pos + last->size == host) {
@@ -393,7 +529,7 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
         bv->buf[n++] = (struct fuse_buf){ .size = len, .flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, .fd = fd, .pos = (off_t)host };
       }
     } else {
-      if (last && !(last->flags & FUSE_BUF_IS_FD) && last->size + len <= ZERO_BYTES) {
+      if (last && last->mem == zeros && last->size + len <= ZERO_BYTES) {
         last->size += len;
       } else {
         if (n == max_segments) return 0;
@@ -425,9 +561,13 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
     if (fstat(used_fd[k], &st) != 0 || (uint64_t)st.st_size < used_end[k]) return 0;
   }
   /* libfuse's own test: a pipe of one page per segment plus two, and the data (and its header). */
-  size_t pipe_need = 4096 * (n + 2) + 16 /* struct fuse_out_header */ + size;
-  if (s->splice && size >= 2 * 4096 && pipe_need <= pipe_max) {
+  size_t pipe_need = PAGE * (n + 2) + 16 /* struct fuse_out_header */ + size;
+  int piped = -1;
+  if (!inflated && s->splice && size >= 2 * PAGE && pipe_need <= pipe_max) {
     fuse_reply_data(req, bv, 0);
+  } else if (!inflated && s->splice && size >= 2 * PAGE && (piped = reply_from_pipe(req, bv, size)) >= 0) {
+    if (piped == 0) return 0;
+    atomic_fetch_add_explicit(&s->piped_reads, 1, memory_order_relaxed);
   } else {
     /* Small replies, and replies of many segments: copy into this thread's buffer (libfuse's
      * fallback would malloc one per request). */
@@ -444,8 +584,18 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
           if (r <= 0) return 0; /* an I/O error or a short file: JavaScript reads it and reports */
           got += (size_t)r;
         }
-      } else {
+      } else if (b->mem == zeros) {
         memset(tl_copy + at, 0, b->size);
+      } else {
+        /* A whole cluster is inflated in place; part of one comes from this thread's last cluster. */
+        zseg_t *z = &tl_zseg[i];
+        if (z->in == 0 && b->size == cs) {
+          if (inflate_cluster(b->fd, z->host, z->hlen, (unsigned char *)tl_copy + at, cs) != 0) return 0;
+        } else {
+          const unsigned char *cluster = inflated_cluster(b->fd, z->host, z->hlen, cs);
+          if (!cluster) return 0; /* JavaScript inflates it again and reports what is wrong */
+          memcpy(tl_copy + at, cluster + z->in, b->size);
+        }
       }
       at += b->size;
     }
@@ -476,7 +626,7 @@ static int serve_encrypted(session_t *s, fuse_req_t req, view_t *v, uint64_t off
       uint64_t c = at >> v->cluster_bits, t = c >> v->table_bits;
       _Atomic uint64_t *table = t < v->ntables ? atomic_load_explicit(&v->tables[t], memory_order_acquire) : NULL;
       uint64_t next = table ? atomic_load_explicit(&table[c & tmask], memory_order_acquire) : 0;
-      if (next == 0) return 0;
+      if (next == 0 || (next & 3u) == KIND_ZLIB) return 0; /* compressed: never published here */
       uint64_t in = at & (cs - 1), n = cs - in < end - at ? cs - in : end - at;
       uint64_t next_host = (next & HOST_MASK) + in;
       /* One pread and one decrypt call for clusters that follow each other in the same host file. */
@@ -564,6 +714,18 @@ static void *loop_main(void *arg) {
 }
 
 /* ---------------------------------------------------------------- N-API glue */
+
+static void module_once(void) {
+  FILE *f = fopen("/proc/sys/fs/pipe-max-size", "r");
+  if (f) {
+    unsigned long v;
+    if (fscanf(f, "%lu", &v) == 1 && v >= 65536) pipe_max = v;
+    fclose(f);
+  }
+  void *z = mmap(NULL, ZERO_BYTES, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  zeros = z == MAP_FAILED ? calloc(1, ZERO_BYTES) : z;
+  pthread_key_create(&seg_pipe_key, seg_pipe_free);
+}
 
 #define CHECK(call)                                                              \
   do {                                                                           \
@@ -910,11 +1072,12 @@ static napi_value js_reply(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* publish(session, view, firstCluster, Float64Array entries, slot) -> bool: each entry -1 unknown,
- * -2 zeros, else the host offset (cluster aligned) of the cluster in host file `slot`. */
+/* publish(session, view, firstCluster, Float64Array entries, slot, zlibLengths?) -> bool: each entry
+ * -1 unknown, -2 zeros, else the host offset (cluster aligned) of the cluster in host file `slot`; or,
+ * where zlibLengths[i] > 0, the host offset of a zlib stream of that many bytes (to its last sector's end). */
 static napi_value js_publish(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5], out;
+  size_t argc = 6;
+  napi_value argv[6], out;
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   session_t *s = session_arg(env, argv[0]);
   if (!s) return NULL;
@@ -927,6 +1090,20 @@ static napi_value js_publish(napi_env env, napi_callback_info info) {
   size_t count;
   void *data;
   CHECK(napi_get_typedarray_info(env, argv[3], &type, &count, &data, NULL, NULL));
+  const double *zlens = NULL;
+  napi_valuetype zt = napi_undefined;
+  if (argc >= 6) napi_typeof(env, argv[5], &zt);
+  if (zt == napi_object) {
+    napi_typedarray_type ztype;
+    size_t zcount;
+    void *zdata;
+    CHECK(napi_get_typedarray_info(env, argv[5], &ztype, &zcount, &zdata, NULL, NULL));
+    if (ztype != napi_float64_array || zcount != count) {
+      napi_throw_range_error(env, NULL, "qcow_fuse3: publish's zlib lengths do not match its entries");
+      return NULL;
+    }
+    zlens = zdata;
+  }
   if (type != napi_float64_array || vi >= s->nviews || slot >= s->nfds || first_d < 0) {
     napi_throw_range_error(env, NULL, "qcow_fuse3: publish arguments out of range");
     return NULL;
@@ -958,7 +1135,14 @@ static napi_value js_publish(napi_env env, napi_callback_info info) {
       }
     }
     uint64_t e;
-    if (d == -2) e = KIND_ZERO;
+    double zlen = zlens ? zlens[i] : 0;
+    if (zlen > 0) {
+      /* zlib: d is the stream's host offset, zlen its bytes to the end of its last sector. */
+      if (!(d >= 0 && d < (double)ZHOST_LIMIT && zlen <= 2.0 * (double)((uint64_t)1 << v->cluster_bits) + 512)) continue;
+      uint64_t host = (uint64_t)d, sectors = ((host & 511) + (uint64_t)zlen + 511) >> 9;
+      if (sectors == 0 || sectors > ZSECT_MASK || (sectors << 9) - (host & 511) != (uint64_t)zlen) continue;
+      e = (host << ZHOST_SHIFT) | (sectors << ZSECT_SHIFT) | ((uint64_t)slot << SLOT_SHIFT) | KIND_ZLIB;
+    } else if (d == -2) e = KIND_ZERO;
     else if (d >= 0 && d < 9007199254740992.0 && ((uint64_t)d & ~HOST_MASK) == 0) e = ((uint64_t)d & HOST_MASK) | ((uint64_t)slot << SLOT_SHIFT) | KIND_DATA;
     else continue;
     atomic_store_explicit(&table[c & (per_table - 1)], e, memory_order_release);
@@ -981,6 +1165,8 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "jsReads", v);
   napi_create_double(env, (double)atomic_load(&s->native_bytes), &v);
   napi_set_named_property(env, out, "nativeBytes", v);
+  napi_create_double(env, (double)atomic_load(&s->piped_reads), &v);
+  napi_set_named_property(env, out, "pipedReads", v);
   napi_create_double(env, (double)atomic_load(&s->map_bytes), &v);
   napi_set_named_property(env, out, "mapBytes", v);
   return out;
@@ -1037,12 +1223,8 @@ static napi_value js_unref(napi_env env, napi_callback_info info) {
 }
 
 NAPI_MODULE_INIT() {
-  FILE *f = fopen("/proc/sys/fs/pipe-max-size", "r");
-  if (f) {
-    unsigned long v;
-    if (fscanf(f, "%lu", &v) == 1 && v >= 65536) pipe_max = v;
-    fclose(f);
-  }
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, module_once);
   napi_property_descriptor props[] = {
     { "mount", NULL, js_mount, NULL, NULL, NULL, napi_default, NULL },
     { "reply", NULL, js_reply, NULL, NULL, NULL, napi_default, NULL },

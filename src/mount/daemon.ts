@@ -237,7 +237,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   let detachedLogged = false;
   const finish = (code: number, why: string): never => {
     const n = nativeStats?.();
-    const served = n ? `; ${n.nativeReads} reads served natively, ${n.jsReads} through JS` : '';
+    const served = n ? `; ${n.nativeReads} reads served natively, ${n.jsReads} through JS, ${n.pipedReads} native replies of many segments through a pipe` : '';
     logger.log(`${why}; exiting (${ops.failedReads()} failed reads${served})`);
     if (image.remote) {
       const r = image.remote.stats();

@@ -14,7 +14,7 @@ import type { DiskNode, FileNode, MountTree } from './tree.js';
 interface Addon {
   mount(options: object): unknown;
   reply(session: unknown, id: number, buffer: Buffer | null, result: number): void;
-  publish(session: unknown, view: number, firstCluster: number, entries: Float64Array, slot: number): boolean;
+  publish(session: unknown, view: number, firstCluster: number, entries: Float64Array, slot: number, zlibLengths?: Float64Array): boolean;
   stats(session: unknown): NativeStats;
   destroy(session: unknown): void;
   unref(session: unknown): void;
@@ -28,6 +28,8 @@ export interface NativeStats {
   /** Reads handed to JavaScript. */
   jsReads: number;
   nativeBytes: number;
+  /** Native replies of many segments, gathered in a worker's own pipe before going to the kernel. */
+  pipedReads: number;
   /** Bytes of map tables allocated. */
   mapBytes: number;
 }
@@ -77,8 +79,12 @@ export interface NativeCrypt extends SectorCipherParams {
   ivOrigin: number;
 }
 
-/** Publishes map entries of one view: -1 unknown, -2 zeros, else the cluster's host offset in `slot`. */
-export type Publisher = (firstCluster: number, entries: Float64Array, slot: number) => boolean;
+/**
+ * Publishes map entries of one view: -1 unknown, -2 zeros, else the cluster's host offset in `slot`;
+ * where zlibLengths[i] > 0, entry i is instead a zlib stream of that many bytes at that host offset,
+ * which the worker threads inflate.
+ */
+export type Publisher = (firstCluster: number, entries: Float64Array, slot: number, zlibLengths?: Float64Array) => boolean;
 
 /** How one disk file's reads can be mapped to host files. */
 export interface ViewMapper {
@@ -131,7 +137,7 @@ export interface NativeMount {
   sessionOpen(): boolean;
   stats(): NativeStats;
   /** Publishes map entries for a mapped disk file (false: not mapped, or past the map's memory bound). */
-  publish(node: DiskNode, firstCluster: number, entries: Float64Array, slot: number): boolean;
+  publish(node: DiskNode, firstCluster: number, entries: Float64Array, slot: number, zlibLengths?: Float64Array): boolean;
   /** Gives up a mount still running (lazy detach); after `ended` there is nothing left to do. */
   destroy(): void;
 }
@@ -187,7 +193,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
   // One reply buffer serves every read answered at once (the compat read op answers synchronously).
   const shared = Buffer.alloc(JS_BUFFER_BYTES);
   let sharedBusy = false;
-  const publishers: Publisher[] = mappers.map((_, view) => (first, entries, slot) => a.publish(session, view, first, entries, slot));
+  const publishers: Publisher[] = mappers.map((_, view) => (first, entries, slot, zlibLengths) => a.publish(session, view, first, entries, slot, zlibLengths));
 
   const onRead = (id: number, ino: number, pos: number, len: number) => {
     const node = byIno[ino];
@@ -283,9 +289,9 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
     ended,
     sessionOpen: () => open,
     stats: () => finalStats ?? a.stats(session),
-    publish: (node, first, entries, slot) => {
+    publish: (node, first, entries, slot, zlibLengths) => {
       const view = viewOf.get(node.ino);
-      return view !== undefined && open && publishers[view]!(first, entries, slot);
+      return view !== undefined && open && publishers[view]!(first, entries, slot, zlibLengths);
     },
     destroy: () => {
       if (!open) return;

@@ -1,9 +1,10 @@
 /**
  * What the native back-end may serve by itself: for a disk file whose top layer is a qcow2 file whose
  * data runs are plain bytes in a local host file, the map of each table of clusters the reads touch,
- * built with the same translation JavaScript reads with (data and zero runs only; compressed clusters,
- * backing files and entries that fail to translate stay with JavaScript). Data runs of an encrypted
- * view are decrypted by the worker threads when its cipher is AES and this Node's OpenSSL has it.
+ * built with the same translation JavaScript reads with (data and zero runs, and zlib clusters, which
+ * the worker threads inflate; zstd clusters, backing files and entries that fail to translate stay with
+ * JavaScript). Data runs of an encrypted view are decrypted by the worker threads when its cipher is
+ * AES and this Node's OpenSSL has it.
  */
 import { Qcow2Disk } from '../disk/qcow2-disk.js';
 import { HostFile } from '../io/host-file.js';
@@ -46,6 +47,7 @@ export function qcow2Mapper(node: DiskNode, slots: HostSlots): ViewMapper | unde
   const cs = map.clusterSize;
   const run = new Run();
   const done = new Set<number>();
+  const zlib = reader.compressionType === 'zlib' && !crypt; // encrypted images with compressed clusters: JS
 
   /** Maps [from, end) into `b`; false when an entry in it failed to translate. */
   const mapRange = (l1: Float64Array, b: MapTableBuilder, from: number, end: number): boolean => {
@@ -56,13 +58,14 @@ export function qcow2Mapper(node: DiskNode, slots: HostSlots): ViewMapper | unde
         return false;
       }
       if (run.kind === RunKind.Data) b.data(pos, run.length, run.host);
+      else if (run.kind === RunKind.Compressed && zlib) b.zlib(pos, run.length, run.host, run.hostLength);
       else if (run.kind === RunKind.Zero || (run.kind === RunKind.Unallocated && !disk.backing)) b.zero(pos, run.length);
       else b.other(pos, run.length);
     }
     return true;
   };
 
-  const build = (t: number): Float64Array => {
+  const build = (t: number): MapTableBuilder => {
     const start = t * span;
     const limit = Math.min(span, disk.size - start);
     const b = new MapTableBuilder(start, map.l2Entries, cs, limit, dataFile.size);
@@ -75,9 +78,11 @@ export function qcow2Mapper(node: DiskNode, slots: HostSlots): ViewMapper | unde
         const end = Math.min(at + cs, start + limit);
         if (!mapRange(l1, fresh, at, end)) fresh.other(at, end - at);
       }
-      return fresh.finish();
+      fresh.finish();
+      return fresh;
     }
-    return b.finish();
+    b.finish();
+    return b;
   };
 
   return {
@@ -89,7 +94,8 @@ export function qcow2Mapper(node: DiskNode, slots: HostSlots): ViewMapper | unde
       for (let t = Math.floor(position / span); t <= last; t++) {
         if (done.has(t)) continue;
         done.add(t);
-        publish(t * map.l2Entries, build(t), slot);
+        const table = build(t);
+        publish(t * map.l2Entries, table.entries, slot, zlib ? table.zlibLengths : undefined);
       }
     },
   };
