@@ -130,12 +130,14 @@ async function mountOurs(req: MountRequest, peer: 'ours' | 'compat'): Promise<Mo
 }
 
 function ourDaemonPid(mnt: string): number | undefined {
-  // The daemon's pid file: STATE/<key>.pid, JSON with its pid and mount point.
+  // The daemon's pid file: STATE/<key>.pid, JSON with its pid and mount point (its real path: in a
+  // worktree, bench-work is a symbolic link).
+  const real = fs.realpathSync(mnt);
   for (const f of fs.readdirSync(STATE)) {
     if (!f.endsWith('.pid')) continue;
     try {
       const j = JSON.parse(fs.readFileSync(path.join(STATE, f), 'utf8')) as { pid: number; mountPoint: string };
-      if (j.mountPoint === mnt && pidAlive(j.pid)) return j.pid;
+      if ((j.mountPoint === mnt || j.mountPoint === real) && pidAlive(j.pid)) return j.pid;
     } catch {
       // another daemon's file being rewritten
     }
