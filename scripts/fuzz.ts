@@ -11,6 +11,8 @@
  *
  *   npm run fuzz -- [--seed S] [--iterations N] [--time-limit SEC] [--deadline SEC] [--rss-limit MIB]
  *   npm run fuzz -- --seed S --only I        # re-run one iteration in-process, with the stack
+ *   npm run fuzz -- --mount [--fuse native|compat|both] ...   # the same mutants through qcow-mount
+ *                                            # (scripts/fuzz-mount.ts)
  *
  * Iteration I of seed S is always the same mutant (its RNG is seeded by S and I alone).
  */
@@ -79,7 +81,7 @@ interface Structure {
   length: number;
 }
 
-interface Seed {
+export interface Seed {
   name: string;
   bytes: Buffer;
   clusterSize: number;
@@ -448,7 +450,7 @@ const SEED_IMAGES = ['base.qcow2', 'snap.qcow2', 'zlib.qcow2', 'zstd.qcow2', 'ex
 /** Files the seed images name (backing and data files), copied beside the mutants. */
 const SIDE_FILES = ['chain-base.qcow2', 'datafile-data.raw'];
 
-function loadSeeds(hostileDir: string, workDir: string): Seed[] {
+export function loadSeeds(hostileDir: string, workDir: string): Seed[] {
   for (const f of SIDE_FILES) {
     const to = path.join(workDir, f);
     if (!fs.existsSync(to)) fs.copyFileSync(path.join(hostileDir, f), to);
@@ -666,7 +668,12 @@ function parseArgs(argv: string[]): Record<string, string> {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const seed = Number(args.seed ?? 1);
-  const hostileDir = path.resolve(args['hostile-dir'] ?? defaultHostileDir);
+  const hostileDir = path.resolve(args['hostile-dir'] ?? process.env.QCOW_HOSTILE_DIR ?? defaultHostileDir);
+  if (args.mount !== undefined) {
+    const { mountFuzzMain } = await import('./fuzz-mount.js');
+    process.exitCode = await mountFuzzMain(args, hostileDir);
+    return;
+  }
   if (args.only !== undefined) {
     // One iteration, in this process, with everything printed.
     makeHostile(hostileDir);
@@ -702,4 +709,10 @@ async function main(): Promise<void> {
 }
 
 if (process.argv.includes('--child')) childMain();
-else if (process.argv[1] && path.resolve(process.argv[1]) === here) await main();
+// No top-level await: main imports scripts/fuzz-mount.ts, which imports this module.
+else if (process.argv[1] && path.resolve(process.argv[1]) === here) {
+  main().catch((err: unknown) => {
+    console.error(err);
+    process.exitCode = 1;
+  });
+}
