@@ -29,7 +29,8 @@ describe.skipIf(!ready)(`soak (fuse=${fuse})`, () => {
     expect(soakPassed(report), formatSoak(report)).toBe(true);
     // The run meant something: reads happened, caches were dropped under them, every view was raced.
     expect(report.reads).toBeGreaterThan(1000);
-    expect(report.drops).toBeGreaterThanOrEqual(3);
+    expect(report.drops).toBeGreaterThanOrEqual(1);
+    expect(report.fileDrops).toBeGreaterThanOrEqual(3 * 3);
     expect(report.cacheCheck).toMatch(/^ok/);
     expect(report.raceRounds).toBe(3);
     expect(report.raceReads).toBe(3 * 16 * 16);

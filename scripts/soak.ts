@@ -3,9 +3,10 @@
  * snapshots, compressed clusters and a backing chain with qemu-img/qemu-io, takes QEMU's raw output of
  * every view, mounts the image with `node dist/cli/qcow-mount.js`, and
  * 1. runs concurrent random readers (child processes doing positional reads of active.raw and the
- *    snapshot files; every other one with O_DIRECT) that compare every byte with QEMU's, while the kernel's caches are dropped under
- *    them (`echo 3 > /proc/sys/vm/drop_caches`: the page cache of the mounted files too, so reads reach
- *    the daemon again; checked at the end with fincore and the daemon's read count);
+ *    snapshot files; every other one with O_DIRECT) that compare every byte with QEMU's, while the
+ *    caches are dropped under them (every 2 s the mounted files' pages, `dd iflag=nocache`, and the
+ *    kernel's, `echo 3 > /proc/sys/vm/drop_caches`, as often as it completes), so that reads reach the
+ *    daemon again (checked at the end: fincore, and a read that waits for a stopped daemon);
  * 2. races the first load of an L2 table: fresh mounts where all readers, released at once, read
  *    (O_DIRECT) inside the same not-yet-loaded L2 table of one view.
  * Wrong bytes and failed reads must be 0; no reader may stall, the daemon must live, and unmounting
@@ -139,7 +140,10 @@ export interface SoakReport {
   bytes: number;
   wrongBytes: number;
   errors: number;
+  /** `echo 3 > /proc/sys/vm/drop_caches` done during the readers' run. */
   drops: number;
+  /** Mounted files whose page cache was dropped (dd iflag=nocache) during the run. */
+  fileDrops: number;
   /** After a drop, a read of a mounted file reached the daemon again. */
   cacheCheck: string;
   raceRounds: number;
@@ -272,6 +276,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     wrongBytes: 0,
     errors: 0,
     drops: 0,
+    fileDrops: 0,
     cacheCheck: 'not run',
     raceRounds: 0,
     raceReads: 0,
@@ -315,10 +320,20 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
         },
       },
     );
-    // Dropping caches can take seconds under load: in a child, so the readers' reports keep flowing.
+    // Each tick drops the mounted files' pages (dd iflag=nocache: POSIX_FADV_DONTNEED, instant) and,
+    // unless the last one is still running, the kernel's caches (echo 3: seconds under load; in a child,
+    // so the readers' reports keep flowing).
     let dropping: ChildProcess | undefined;
+    let ddRunning = 0;
     const dropper = options.dropEverySec
       ? setInterval(() => {
+          for (const t of targets) {
+            ddRunning++;
+            spawn('dd', [`if=${t.file}`, 'iflag=nocache', 'count=0', 'status=none'], { stdio: 'ignore' }).on('exit', (code) => {
+              ddRunning--;
+              if (code === 0) report.fileDrops++;
+            });
+          }
           if (dropping) return;
           dropping = spawn('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches'], { stdio: 'ignore' });
           dropping.on('exit', (code) => {
@@ -329,7 +344,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       : undefined;
     const result = await readers;
     clearInterval(dropper);
-    while (dropping) await new Promise((res) => setTimeout(res, 50));
+    while (dropping || ddRunning > 0) await new Promise((res) => setTimeout(res, 50));
     sample();
     const t = totals(result.stats);
     Object.assign(report, { reads: t.reads, bytes: t.bytes, wrongBytes: t.wrongBytes, errors: t.errors });
@@ -389,11 +404,18 @@ export function soakPassed(r: SoakReport): boolean {
 
 export function formatSoak(r: SoakReport): string {
   const rss = r.rssMiB.map((p) => p.rssMiB);
+  // Flat: after the first third (warm-up: caches filling), the RSS does not keep climbing.
+  const warm = rss.slice(Math.floor(rss.length / 3));
+  const half = Math.floor(warm.length / 2);
+  const mean = (xs: number[]) => xs.reduce((x, y) => x + y, 0) / Math.max(1, xs.length);
+  const growth = mean(warm.slice(half)) - mean(warm.slice(0, half));
+  const flat = growth < Math.max(16, 0.1 * mean(warm.slice(0, half)));
   return [
-    `soak (fuse ${r.fuse}): ${r.seconds} s, reads ${r.reads}, ${(r.bytes / MiB).toFixed(0)} MiB, wrong bytes ${r.wrongBytes}, errors ${r.errors}, caches dropped ${r.drops} times`,
+    `soak (fuse ${r.fuse}): ${r.seconds} s, reads ${r.reads}, ${(r.bytes / MiB).toFixed(0)} MiB, wrong bytes ${r.wrongBytes}, errors ${r.errors}, caches dropped ${r.drops} times (echo 3), mounted files' pages ${r.fileDrops} times`,
     `cache check: ${r.cacheCheck}`,
     `L2 race: ${r.raceRounds} fresh mounts, ${r.raceReads} reads, wrong bytes ${r.raceWrongBytes}, errors ${r.raceErrors}`,
-    `daemon RSS (s: MiB): ${r.rssMiB.map((p) => `${p.s}: ${p.rssMiB}`).join(', ')}${rss.length ? ` (min ${Math.min(...rss)}, max ${Math.max(...rss)})` : ''}`,
+    `daemon RSS (s: MiB): ${r.rssMiB.map((p) => `${p.s}: ${p.rssMiB}`).join(', ')}`,
+    `daemon RSS min ${Math.min(...rss)} MiB, max ${Math.max(...rss)} MiB; after warm-up ${flat ? 'flat' : 'NOT flat'} (second half minus first half: ${growth.toFixed(1)} MiB)`,
     ...r.failures.map((f) => `FAILURE: ${f}`),
     ...r.problems.slice(0, 10).map((p) => `problem: ${p}`),
   ].join('\n');
