@@ -452,7 +452,14 @@ static size_t pages_spanned(uint64_t start, uint64_t len) {
  * worker's pipe, then answered with fuse_reply_data() of that pipe, which libfuse splices whole into
  * its own pipe (its size heuristic counts one buffer). -1 when it does not fit a pipe (the caller
  * copies), 0 when a host file read failed (JavaScript serves it), 1 when answered. */
-static int reply_from_pipe(fuse_req_t req, struct fuse_bufvec *bv, uint64_t size) {
+/* Counted before the reply goes: a reader that has its bytes sees them counted. */
+static void count_native(session_t *s, uint64_t size, int piped) {
+  atomic_fetch_add_explicit(&s->native_reads, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&s->native_bytes, size, memory_order_relaxed);
+  if (piped) atomic_fetch_add_explicit(&s->piped_reads, 1, memory_order_relaxed);
+}
+
+static int reply_from_pipe(session_t *s, fuse_req_t req, struct fuse_bufvec *bv, uint64_t size) {
   size_t slots = 0;
   for (size_t i = 0; i < bv->count; i++) {
     struct fuse_buf *b = &bv->buf[i];
@@ -486,6 +493,7 @@ static int reply_from_pipe(fuse_req_t req, struct fuse_bufvec *bv, uint64_t size
   struct fuse_bufvec one = FUSE_BUFVEC_INIT(size);
   one.buf[0].flags = FUSE_BUF_IS_FD;
   one.buf[0].fd = sp->r;
+  count_native(s, size, 1);
   fuse_reply_data(req, &one, 0);
   int left = 0;
   if (ioctl(sp->r, FIONREAD, &left) == 0 && left > 0) seg_pipe_drain(sp);
@@ -564,10 +572,10 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
   size_t pipe_need = PAGE * (n + 2) + 16 /* struct fuse_out_header */ + size;
   int piped = -1;
   if (!inflated && s->splice && size >= 2 * PAGE && pipe_need <= pipe_max) {
+    count_native(s, size, 0);
     fuse_reply_data(req, bv, 0);
-  } else if (!inflated && s->splice && size >= 2 * PAGE && (piped = reply_from_pipe(req, bv, size)) >= 0) {
+  } else if (!inflated && s->splice && size >= 2 * PAGE && (piped = reply_from_pipe(s, req, bv, size)) >= 0) {
     if (piped == 0) return 0;
-    atomic_fetch_add_explicit(&s->piped_reads, 1, memory_order_relaxed);
   } else {
     /* Small replies, and replies of many segments: copy into this thread's buffer (libfuse's
      * fallback would malloc one per request). */
@@ -599,10 +607,9 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
       }
       at += b->size;
     }
+    count_native(s, size, 0);
     fuse_reply_buf(req, tl_copy, size);
   }
-  atomic_fetch_add_explicit(&s->native_reads, 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&s->native_bytes, size, memory_order_relaxed);
   return 1;
 }
 
@@ -646,9 +653,8 @@ static int serve_encrypted(session_t *s, fuse_req_t req, view_t *v, uint64_t off
     }
     if (sector_crypt_decrypt(v->crypt, dst, len, (v->iv_guest ? v->iv_origin + pos : host) / 512) != 0) return 0;
   }
+  count_native(s, size, 0);
   fuse_reply_buf(req, (char *)tl_plain + (off - start), size);
-  atomic_fetch_add_explicit(&s->native_reads, 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&s->native_bytes, size, memory_order_relaxed);
   return 1;
 }
 
