@@ -5,6 +5,11 @@
       "sources": ["src/fuse3.c", "src/sector-crypt.c", "src/inflate-cluster.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11", "<!@(pkg-config --cflags fuse3)"],
       "libraries": ["<!@(pkg-config --libs fuse3)"]
+    },
+    {
+      "target_name": "qcow_copy",
+      "sources": ["src/copy-range.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
     }
   ]
 }

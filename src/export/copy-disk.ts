@@ -4,6 +4,8 @@ import type { Hash } from 'node:crypto';
 import os from 'node:os';
 import type { Disk } from '../disk/disk.js';
 import { ReadPool, type ViewSpec } from './read-pool.js';
+import { type KernelCopier, kernelCopier } from './kernel-copy.js';
+import type { HostFile } from '../io/host-file.js';
 
 /** Bytes read (and written) per step of a data run: large, so that syscalls and hops stay few. */
 export const DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024;
@@ -117,7 +119,12 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
     await step(pos + bytes.length);
   };
 
-  const workers = parallel ? workerCount(disk, parallel) : 0;
+  // Data runs stored as they are read go from the image file to the output file in the kernel, where
+  // nothing needs their bytes here (no digest, no best-effort checks). Their all-zero blocks are then
+  // written, not left as holes: finding them would mean reading every byte.
+  const kernel = writer?.sparse && !hash && !bestEffort ? kernelCopier(disk) : undefined;
+  // A digest is computed on this thread: reading on a worker meanwhile overlaps the two.
+  const workers = parallel ? workerCount(disk, parallel, hash !== undefined) : 0;
   try {
     if (workers > 0) await copyWithPool(disk, chunk, new ReadPool(parallel!.spec, workers), workers * 2, writer, hole, data, bestEffort);
     else {
@@ -130,6 +137,13 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
       for (const t of tasks(disk, chunk, bestEffort !== undefined)) {
         if (t.hole) {
           await hole(t.pos, t.length);
+          continue;
+        }
+        const file = kernel && t.kind === 'data' && t.host !== undefined ? kernel.hostFile(t.depth) : undefined;
+        if (file) {
+          const n = copyInKernel(kernel!, writer!, file, t);
+          read += n;
+          await step(t.pos + t.length);
           continue;
         }
         await written[turn];
@@ -219,18 +233,30 @@ async function copyWithPool(
   }
 }
 
-type Task = { hole: boolean; pos: number; length: number };
+type Task = { hole: boolean; pos: number; length: number; kind?: string; depth: number; host?: number };
+
+/**
+ * A chunk of a data run copied kernel-side into the (fresh, truncated) output; bytes past the end of a
+ * shorter host file are zeros there already. Returns the bytes copied.
+ */
+function copyInKernel(kernel: KernelCopier, writer: Writer, file: HostFile, t: Task): number {
+  const host = t.host!;
+  const n = kernel.copy(writer.fd, t.pos, file, host, t.length);
+  if (n < t.length && host + n < file.size) throw new QcowError('EIO', file.path, `guest data at ${host + n}: the file ends early (was ${file.size} bytes when opened; did it shrink?)`);
+  writer.written += n;
+  return n;
+}
 
 /**
  * The extents of a window; in best effort, a window whose mapping cannot be read (an L2 table past the
  * end of the file) is one data run, read piece by piece, so its readable parts are kept.
  */
-function windowExtents(disk: Disk, start: number, length: number, bestEffort: boolean): readonly { kind: string; start: number; length: number }[] {
+function windowExtents(disk: Disk, start: number, length: number, bestEffort: boolean): readonly { kind: string; start: number; length: number; depth: number; host?: number }[] {
   try {
     return disk.extents(start, length);
   } catch (err) {
     if (!bestEffort || !(err instanceof QcowError)) throw err;
-    return [{ kind: 'data', start, length }];
+    return [{ kind: 'data', start, length, depth: 0 }];
   }
 }
 
@@ -269,23 +295,23 @@ function* tasks(disk: Disk, chunk: number, bestEffort = false): Generator<Task> 
       if (e.kind === 'zero' || e.kind === 'unallocated') {
         if (holeEnd === e.start) holeEnd = end;
         else {
-          if (holeStart >= 0) yield { hole: true, pos: holeStart, length: holeEnd - holeStart };
+          if (holeStart >= 0) yield { hole: true, pos: holeStart, length: holeEnd - holeStart, depth: 0 };
           holeStart = e.start;
           holeEnd = end;
         }
         continue;
       }
-      if (holeStart >= 0) yield { hole: true, pos: holeStart, length: holeEnd - holeStart };
+      if (holeStart >= 0) yield { hole: true, pos: holeStart, length: holeEnd - holeStart, depth: 0 };
       holeStart = holeEnd = -1;
       // Chunks aligned to the chunk size, so reads are cluster aligned.
       for (let pos = e.start; pos < end; ) {
         const n = Math.min(chunk - (pos % chunk), end - pos);
-        yield { hole: false, pos, length: n };
+        yield { hole: false, pos, length: n, kind: e.kind, depth: e.depth, host: e.host === undefined ? undefined : e.host + (pos - e.start) };
         pos += n;
       }
     }
   }
-  if (holeStart >= 0) yield { hole: true, pos: holeStart, length: holeEnd - holeStart };
+  if (holeStart >= 0) yield { hole: true, pos: holeStart, length: holeEnd - holeStart, depth: 0 };
 }
 
 /** Compressed bytes that make worker threads worth their start-up (some tens of milliseconds each). */
@@ -299,7 +325,10 @@ export interface ParallelOptions {
   minCompressedBytes?: number;
 }
 
-function workerCount(disk: Disk, parallel: ParallelOptions): number {
+/** Stored bytes that make one read worker pay for itself when this thread hashes what it reads. */
+export const HASH_READER_MIN_BYTES = 64 * 1024 * 1024;
+
+function workerCount(disk: Disk, parallel: ParallelOptions, hashing: boolean): number {
   const count = parallel.workers ?? Math.min(4, os.availableParallelism());
   if (count < 1) return 0;
   const min = parallel.minCompressedBytes ?? PARALLEL_MIN_COMPRESSED_BYTES;
@@ -307,11 +336,16 @@ function workerCount(disk: Disk, parallel: ParallelOptions): number {
   // A metadata-only walk (L2 tables, cached for the copy that follows), stopped once the answer is known.
   const window = extentWindow(disk);
   let compressed = 0;
+  let stored = 0;
   for (let w = 0; w < disk.size; w += window) {
-    for (const e of disk.extents(w, Math.min(window, disk.size - w))) if (e.kind === 'compressed') compressed += e.length;
+    for (const e of disk.extents(w, Math.min(window, disk.size - w))) {
+      if (e.kind === 'compressed') compressed += e.length;
+      if (e.kind === 'compressed' || e.kind === 'data') stored += e.length;
+    }
     if (compressed >= min) return count;
   }
-  return 0;
+  // Hashing is slower than reading plain data: one reader keeps this thread hashing without a pause.
+  return hashing && stored >= HASH_READER_MIN_BYTES ? 1 : 0;
 }
 
 /** Extents per call: about 16384 clusters (so 256 MiB with 64 KiB clusters), between 8 MiB and 1 GiB. */
@@ -349,6 +383,7 @@ async function writeNonZero(writer: Writer, bytes: Buffer, pos: number, zeros: B
  */
 class Writer {
   readonly sparse: boolean;
+  readonly fd: number;
   private readonly positional: boolean;
   readonly maxInFlight: number;
   private readonly inFlight = new Set<Promise<void>>();
@@ -357,6 +392,7 @@ class Writer {
 
   constructor(private readonly target: CopyTarget) {
     this.sparse = target.sparse;
+    this.fd = target.fd;
     this.positional = target.sparse || target.positional === true;
     this.maxInFlight = this.positional ? 4 : 1;
   }

@@ -1,0 +1,74 @@
+/**
+ * Kernel-side copies for qcow-export: the bytes of a data run go from the host file (the image, its data
+ * file, a raw backing file) straight into the output file with sendfile, in the native addon
+ * (native/src/copy-range.c): one copy in the kernel instead of pread into a buffer and write out of it.
+ * Only for bytes stored as they are read (no decryption, no compression, no derived view); where the
+ * addon is not built every run is read and written by JavaScript instead.
+ */
+import { createRequire } from 'node:module';
+import { HostFile } from '../io/host-file.js';
+import type { Disk } from '../disk/disk.js';
+import { MappedDisk } from '../disk/qcow2-disk.js';
+import { RawDisk } from '../disk/raw-disk.js';
+import { SliceDisk } from '../disk/slice-disk.js';
+
+interface Addon {
+  sendRange(outFd: number, outPos: number, inFd: number, inPos: number, length: number): number;
+}
+
+let addon: Addon | null | undefined;
+
+function loadAddon(): Addon | null {
+  if (addon !== undefined) return addon;
+  try {
+    // Same depth from src/export (tsx, vitest) and dist/export (the installed CLI).
+    addon = createRequire(import.meta.url)('../../native/build/Release/qcow_copy.node') as Addon;
+  } catch {
+    addon = null;
+  }
+  return addon;
+}
+
+/** Copies data runs of one disk kernel-side; `hostOf` says where a data extent's bytes are. */
+export interface KernelCopier {
+  /**
+   * The host file holding the data extents of chain depth `depth`, if their bytes are served as stored
+   * (undefined: read them through the disk).
+   */
+  hostFile(depth: number): HostFile | undefined;
+  /** Copies `length` bytes at `inPos` of `file` to `outFd` at `outPos`; returns the bytes copied (short only at the file's end). */
+  copy(outFd: number, outPos: number, file: HostFile, inPos: number, length: number): number;
+}
+
+/**
+ * A copier for `disk`, or undefined where kernel copies are off: the addon is not built, or
+ * QCOW_EXPORT_KERNEL_COPY=0 (for measurements and tests).
+ */
+export function kernelCopier(disk: Disk): KernelCopier | undefined {
+  if (process.env.QCOW_EXPORT_KERNEL_COPY === '0') return undefined;
+  const a = loadAddon();
+  if (!a) return undefined;
+  const byDepth = new Map<number, HostFile | undefined>();
+  return {
+    hostFile(depth) {
+      if (!byDepth.has(depth)) byDepth.set(depth, hostFileAt(disk, depth));
+      return byDepth.get(depth);
+    },
+    copy: (outFd, outPos, file, inPos, length) => a.sendRange(outFd, outPos, file.fd, inPos, length),
+  };
+}
+
+/** The local host file whose stored bytes are the data runs of chain depth `depth`, when untransformed. */
+function hostFileAt(disk: Disk, depth: number): HostFile | undefined {
+  let d: Disk | undefined = disk;
+  while (d instanceof SliceDisk) d = d.base;
+  while (d) {
+    if (d instanceof MappedDisk) {
+      if (d.depth === depth) return d.reader.servesHostBytes && d.reader.dataFile instanceof HostFile ? d.reader.dataFile : undefined;
+      d = d.backing;
+    } else if (d instanceof RawDisk) {
+      return d.depth === depth && d.file instanceof HostFile ? d.file : undefined;
+    } else return undefined;
+  }
+  return undefined;
+}
