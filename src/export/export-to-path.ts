@@ -26,8 +26,8 @@ export interface ExportOptions extends CopyOptions {
 }
 
 export interface ExportResult extends CopyResult {
-  /** How the output was written. */
-  mode: 'file' | 'stream' | 'device';
+  /** How the output was written ('discard': /dev/null, nothing written, only hashed). */
+  mode: 'file' | 'stream' | 'device' | 'discard';
 }
 
 /**
@@ -37,7 +37,8 @@ export interface ExportResult extends CopyResult {
  *   zero and unallocated runs and for all-zero blocks), renamed into place only once complete, so a
  *   failure or an interruption leaves no partial file. Without `force` an existing file is never replaced,
  *   not even by a race: the finished file is hard-linked into place, which fails if the name was taken.
- * - an existing character device or FIFO (`/dev/null`, a named pipe): written as a stream.
+ * - `/dev/null`: nothing is written (the view is only read, for its digest).
+ * - an existing character device or FIFO (a named pipe, a terminal): written as a stream.
  * - an existing block device, with `force` only: written in place, every byte (its old contents are not
  *   zeros).
  */
@@ -58,6 +59,7 @@ export async function exportToPath(disk: Disk, output: string, options: ExportOp
   if (stat) checkNotProtected(output, stat, options.protect ?? []);
 
   if (stat?.isDirectory()) throw new ExportError(`${output}: is a directory (give a file name for the raw output)`, 'EISDIR');
+  if (stat && isDevNull(stat)) return { ...(await copyDisk(disk, undefined, options)), mode: 'discard' };
   if (stat && (stat.isCharacterDevice() || stat.isFIFO() || stat.isSocket())) {
     const fd = openOrThrow(output, 'w');
     try {
@@ -96,6 +98,16 @@ export async function exportToPath(disk: Disk, output: string, options: ExportOp
     if (err instanceof ExportError || !(err as NodeJS.ErrnoException).syscall) throw err;
     // An errno from writing: name the output, not the temporary file.
     throw new ExportError(`${output}: ${describeErrno(err)}`, 'EIO', { cause: err });
+  }
+}
+
+/** The null device (by device number, so that a link to it or a second node counts too). */
+function isDevNull(stat: fs.Stats): boolean {
+  if (!stat.isCharacterDevice()) return false;
+  try {
+    return fs.statSync('/dev/null').rdev === stat.rdev;
+  } catch {
+    return false;
   }
 }
 
