@@ -120,8 +120,7 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
   };
 
   // Data runs stored as they are read go from the image file to the output file in the kernel, where
-  // nothing needs their bytes here (no digest, no best-effort checks). Their all-zero blocks are then
-  // written, not left as holes: finding them would mean reading every byte.
+  // nothing needs their bytes here (no digest, no best-effort checks).
   const kernel = writer?.sparse && !hash && !bestEffort ? kernelCopier(disk) : undefined;
   // A digest is computed on this thread: reading on a worker meanwhile overlaps the two.
   const workers = parallel ? workerCount(disk, parallel, hash !== undefined) : 0;
@@ -241,10 +240,10 @@ type Task = { hole: boolean; pos: number; length: number; kind?: string; depth: 
  */
 function copyInKernel(kernel: KernelCopier, writer: Writer, file: HostFile, t: Task): number {
   const host = t.host!;
-  const n = kernel.copy(writer.fd, t.pos, file, host, t.length);
-  if (n < t.length && host + n < file.size) throw new QcowError('EIO', file.path, `guest data at ${host + n}: the file ends early (was ${file.size} bytes when opened; did it shrink?)`);
-  writer.written += n;
-  return n;
+  const { covered, written } = kernel.copy(writer.fd, t.pos, file, host, t.length, SPARSE_BLOCK_BYTES);
+  if (covered < t.length && host + covered < file.size) throw new QcowError('EIO', file.path, `guest data at ${host + covered}: the file ends early (was ${file.size} bytes when opened; did it shrink?)`);
+  writer.written += written;
+  return covered;
 }
 
 /**

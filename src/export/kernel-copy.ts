@@ -1,7 +1,8 @@
 /**
  * Kernel-side copies for qcow-export: the bytes of a data run go from the host file (the image, its data
  * file, a raw backing file) straight into the output file with sendfile, in the native addon
- * (native/src/copy-range.c): one copy in the kernel instead of pread into a buffer and write out of it.
+ * (native/src/copy-range.c): one copy in the kernel instead of pread into a buffer and write out of it
+ * (all-zero blocks are still found, by reading each window into a buffer that stays in the CPU cache).
  * Only for bytes stored as they are read (no decryption, no compression, no derived view); where the
  * addon is not built every run is read and written by JavaScript instead.
  */
@@ -13,7 +14,7 @@ import { RawDisk } from '../disk/raw-disk.js';
 import { SliceDisk } from '../disk/slice-disk.js';
 
 interface Addon {
-  sendRange(outFd: number, outPos: number, inFd: number, inPos: number, length: number): number;
+  sendRange(outFd: number, outPos: number, inFd: number, inPos: number, length: number, sparseBlock: number): KernelCopied;
 }
 
 let addon: Addon | null | undefined;
@@ -29,6 +30,13 @@ function loadAddon(): Addon | null {
   return addon;
 }
 
+export interface KernelCopied {
+  /** Bytes of the range done: fewer only where the host file ends. */
+  covered: number;
+  /** Bytes written: all-zero blocks are left as holes. */
+  written: number;
+}
+
 /** Copies data runs of one disk kernel-side; `hostOf` says where a data extent's bytes are. */
 export interface KernelCopier {
   /**
@@ -36,8 +44,11 @@ export interface KernelCopier {
    * (undefined: read them through the disk).
    */
   hostFile(depth: number): HostFile | undefined;
-  /** Copies `length` bytes at `inPos` of `file` to `outFd` at `outPos`; returns the bytes copied (short only at the file's end). */
-  copy(outFd: number, outPos: number, file: HostFile, inPos: number, length: number): number;
+  /**
+   * Copies `length` bytes at `inPos` of `file` to the fresh (truncated) file `outFd` at `outPos`; all-zero
+   * blocks of `sparseBlock` bytes (aligned to the output offset) are left as holes.
+   */
+  copy(outFd: number, outPos: number, file: HostFile, inPos: number, length: number, sparseBlock: number): KernelCopied;
 }
 
 /**
@@ -54,7 +65,7 @@ export function kernelCopier(disk: Disk): KernelCopier | undefined {
       if (!byDepth.has(depth)) byDepth.set(depth, hostFileAt(disk, depth));
       return byDepth.get(depth);
     },
-    copy: (outFd, outPos, file, inPos, length) => a.sendRange(outFd, outPos, file.fd, inPos, length),
+    copy: (outFd, outPos, file, inPos, length, sparseBlock) => a.sendRange(outFd, outPos, file.fd, inPos, length, sparseBlock),
   };
 }
 
