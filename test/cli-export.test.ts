@@ -184,11 +184,15 @@ describe.skipIf(!manifest)('output equals QEMU (fixture oracles)', () => {
     expect(Buffer.concat(parts).equals(fs.readFileSync(oracleOf(f, 'active')))).toBe(true);
   });
 
-  it('a character device (/dev/null) is written as a stream without --force', () => {
-    const f = fx('v3-c64k');
-    const r = run([fixturePath(f.image), '/dev/null', '--hash', 'sha256']);
-    expect(r.status, text(r.stderr)).toBe(0);
-    expect(text(r.stdout)).toBe(`${sha256(oracleOf(f, 'active'))}  /dev/null\n`);
+  it('/dev/null: the digest only (nothing written), without --force, read on this thread or a worker', () => {
+    for (const name of ['v3-c64k', 'chain-raw-qcow2-qcow2', 'zstd-c64k']) {
+      const f = fx(name);
+      for (const workers of ['0', '1']) {
+        const r = run([fixturePath(f.image), '/dev/null', '--hash', 'sha256'], { QCOW_EXPORT_WORKERS: workers });
+        expect(r.status, text(r.stderr)).toBe(0);
+        expect(text(r.stdout), `${name} workers=${workers}`).toBe(`${sha256(oracleOf(f, 'active'))}  /dev/null\n`);
+      }
+    }
   });
 
   it('compressed views read on worker threads (QCOW_EXPORT_WORKERS) give the same bytes', () => {
