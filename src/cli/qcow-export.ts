@@ -43,7 +43,7 @@ function buildProgram(): Command {
   );
   return addImageOptions(addRemoteOptions(program))
     .argument('<image>', 'the qcow2 image, a path or an http(s) URL (opened read-only; its backing chain is followed)')
-    .argument('<output>', 'the raw file to write, or - for standard output (then zeros are written, not holes)')
+    .argument('<output>', 'the raw file to write, or - for standard output (then zeros are written, not holes), or /dev/null (nothing written: with --hash, the digest only)')
     .option('-s, --snapshot <name>', 'export this internal snapshot (by ID or name, as `qemu-img snapshot -a` finds it, or by its file name in a mount)')
     .option('--vmstate', "with --snapshot: export the snapshot's saved VM state (QEMU's migration stream) instead of its disk")
     .option('-p, --partition <n>', "export one partition of the disk (its Linux number, as the mount's VIEW.pN shows it: MBR primaries 1-4, logicals from 5, GPT entry index + 1)", parsePartitionNumber)
@@ -64,6 +64,7 @@ Examples:
   $ qcow-export disk.qcow2 root.img --partition 2
   $ qcow-export disk.qcow2 memory.core --snapshot 1 --memory core     # for Volatility 3, crash, gdb
   $ qcow-export disk.qcow2 - | gzip > disk.raw.gz
+  $ qcow-export disk.qcow2 /dev/null --hash sha256                # the digest only, nothing written
   $ qcow-export 'https://bucket.s3.amazonaws.com/vm/disk.qcow2?X-Amz-Signature=...' disk.raw
 
 Exit codes:
