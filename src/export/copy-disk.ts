@@ -240,7 +240,15 @@ type Task = { hole: boolean; pos: number; length: number; kind?: string; depth: 
  */
 function copyInKernel(kernel: KernelCopier, writer: Writer, file: HostFile, t: Task): number {
   const host = t.host!;
-  const { covered, written } = kernel.copy(writer.fd, t.pos, file, host, t.length, SPARSE_BLOCK_BYTES);
+  let copied;
+  try {
+    copied = kernel.copy(writer.fd, t.pos, file, host, t.length, SPARSE_BLOCK_BYTES);
+  } catch (err) {
+    // A failed read is the image's problem (exit 2, named after it); a failed write stays the output's.
+    if ((err as NodeJS.ErrnoException).syscall !== 'pread') throw err;
+    throw new QcowError('EIO', file.path, `reading guest data at ${host}: ${(err as Error).message}`, { cause: err });
+  }
+  const { covered, written } = copied;
   if (covered < t.length && host + covered < file.size) throw new QcowError('EIO', file.path, `guest data at ${host + covered}: the file ends early (was ${file.size} bytes when opened; did it shrink?)`);
   writer.written += written;
   return covered;
