@@ -191,6 +191,43 @@ describe.skipIf(!ready)('qcow-mount URL: headers, TLS and servers that misbehave
     }
   });
 
+  it('readers at once, on every view of one image and a small cache, all get QEMU\'s bytes', async () => {
+    const fixture = small();
+    const mnt = scratch.mountPoint('concurrent');
+    scratch.mount(`${ng.url}/${fixture.image}`, mnt, ['-o', 'remote_cache_size=4M']);
+    try {
+      const info = JSON.parse(fs.readFileSync(path.join(mnt, 'info.json'), 'utf8')) as { snapshots: InfoSnapshot[] };
+      const readers: Promise<void>[] = [];
+      for (const view of fixture.views) {
+        const s = info.snapshots.find((x) => x.id === view.id);
+        const file = path.join(mnt, view.view === 'active' ? 'active.raw' : s!.files.raw);
+        const want = fs.readFileSync(fixturePath(view.oracle!));
+        // Per view: two readers from the start and two from the middle, in different step sizes.
+        for (const [start, step] of [[0, 131072], [0, 4096 * 7], [view.size >> 1, 65536], [view.size >> 1, 1048576]] as const) {
+          readers.push(
+            (async () => {
+              const fh = await fs.promises.open(file, 'r');
+              try {
+                const buf = Buffer.alloc(step);
+                for (let at = start; at < view.size; at += step) {
+                  const { bytesRead } = await fh.read(buf, 0, step, at);
+                  expect(bytesRead).toBe(Math.min(step, view.size - at));
+                  expect(buf.subarray(0, bytesRead).equals(want.subarray(at, at + bytesRead)), `${view.view} ${view.id ?? ''} at ${at}`).toBe(true);
+                }
+              } finally {
+                await fh.close();
+              }
+            })(),
+          );
+        }
+      }
+      await Promise.all(readers);
+    } finally {
+      const r = scratch.unmount(mnt);
+      expect(r.status, r.stderr).toBe(0);
+    }
+  });
+
   it('a slow server: reads still complete and equal QEMU output', async () => {
     const server = await startTestServer(fixturePath(small().image), 'slow=262144');
     const mnt = scratch.mountPoint('slow');

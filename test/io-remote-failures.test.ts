@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { RemoteFile } from '../src/io/remote-file.js';
+import { RemoteFile, readWithoutWaiting } from '../src/io/remote-file.js';
 import { prng } from './support/prng.js';
 import { type TestServer, startTestServer } from './support/spawn-test-server.js';
 
@@ -46,6 +46,24 @@ describe('remote file: servers that misbehave', () => {
       expect(Date.now() - started).toBeLessThan(10_000);
       expect(f.remoteStats().retries).toBeGreaterThan(0);
       expect(f.readExact(10, 100, 'cached').equals(data.subarray(10, 110))).toBe(true);
+    } finally {
+      f.close();
+    }
+  });
+
+  it('readWithoutWaiting: a server that dies mid-read fails the reads waiting on it with EIO, in bounded time', async () => {
+    server = await startTestServer(file, 'die-after=2');
+    const f = RemoteFile.open(`${server.url}/blob.bin`, { ...fast, blockSize: 64 * 1024 });
+    try {
+      expect(f.readExact(0, 1000, 'first').equals(data.subarray(0, 1000))).toBe(true);
+      const started = Date.now();
+      const reads = [1_000_000, 2_000_000, 2_500_000].map((at) => readWithoutWaiting(() => f.readExact(at, 100_000, 'data')));
+      for (const r of await Promise.allSettled(reads)) {
+        expect(r.status).toBe('rejected');
+        expect((r as PromiseRejectedResult).reason).toMatchObject({ code: 'EIO' });
+      }
+      expect(Date.now() - started).toBeLessThan(10_000);
+      expect((await readWithoutWaiting(() => f.readExact(10, 100, 'cached'))).equals(data.subarray(10, 110))).toBe(true);
     } finally {
       f.close();
     }

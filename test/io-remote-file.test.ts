@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockCache } from '../src/io/block-cache.js';
-import { RemoteFile } from '../src/io/remote-file.js';
+import { RemoteFile, readWithoutWaiting } from '../src/io/remote-file.js';
 import { type Nginx, startNginx } from './support/nginx.js';
 import { prng } from './support/prng.js';
 import { toolsAvailable } from './support/tools.js';
@@ -75,6 +75,52 @@ describe.runIf(haveNginx)('remote file over nginx', () => {
       expect(requests.length).toBeLessThan(16);
       expect(requests.every((r) => /^GET \/blob\.bin bytes=\d+-\d+ auth=-$/.test(r))).toBe(true);
     } finally {
+      f.close();
+    }
+  });
+
+  it('readWithoutWaiting: many reads at once in a small cache, each the file\'s bytes, the thread free while they wait', async () => {
+    // 16 blocks of 64 KiB: 24 reads of up to 256 KiB at once overfill it, so some wait for others' blocks.
+    const f = RemoteFile.open(`${ng.url}/blob.bin`, { cacheSize: 1024 * 1024, blockSize: 64 * 1024 });
+    let turns = 0;
+    let ticking = true;
+    const tick = () => {
+      turns++;
+      if (ticking) setImmediate(tick);
+    };
+    setImmediate(tick);
+    try {
+      const rand = prng(21);
+      const reads: Promise<void>[] = [];
+      for (let i = 0; i < 24; i++) {
+        // Four sequential readers and twenty random ones.
+        const stream = i < 4;
+        const pos = stream ? i * 2 * 1024 * 1024 : Math.floor(rand() * data.length);
+        const len = stream ? 2 * 1024 * 1024 : 1 + Math.floor(rand() * 256 * 1024);
+        reads.push(
+          (async () => {
+            const step = stream ? 128 * 1024 : len;
+            for (let p = pos; p < pos + len; p += step) {
+              const n = Math.min(step, pos + len - p);
+              const got = await readWithoutWaiting(() => {
+                const b = Buffer.alloc(n);
+                f.readAt(b, 0, n, p, 'test data');
+                return b;
+              });
+              const want = Buffer.alloc(n);
+              data.copy(want, 0, Math.min(p, data.length), Math.min(p + n, data.length));
+              expect(got.equals(want), `read ${n} at ${p}`).toBe(true);
+            }
+          })(),
+        );
+      }
+      await Promise.all(reads);
+      // Reads that blocked the thread would all be done before the first turn of the loop.
+      expect(turns).toBeGreaterThan(2);
+      expect(f.remoteStats().cacheBytes).toBeLessThanOrEqual(1024 * 1024);
+      expect(f.remoteStats().failures).toBe(0);
+    } finally {
+      ticking = false;
       f.close();
     }
   });

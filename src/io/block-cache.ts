@@ -88,6 +88,12 @@ export class BlockCache {
     for (const block of [...this.blocks.values()]) if (block.file === file && Atomics.load(block.state, 0) !== SLOT.PENDING) this.drop(block);
   }
 
+  /** A block still being fetched, if any (to wait for when the cache is full of them). */
+  somePending(): CachedBlock | undefined {
+    for (const block of this.blocks.values()) if (Atomics.load(block.state, 0) === SLOT.PENDING) return block;
+    return undefined;
+  }
+
   private evictOne(): CachedBlock | undefined {
     for (const [key, block] of this.blocks) {
       if (Atomics.load(block.state, 0) === SLOT.PENDING) continue;

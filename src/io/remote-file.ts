@@ -85,9 +85,8 @@ export class RemoteFile implements ImageFile {
   private hits = 0;
   private misses = 0;
   private readAheadBlocks = 0;
-  /** Sequential reader detection: where the last read ended, and how many reads in a row followed on. */
-  private lastEnd = -1;
-  private streak = 0;
+  /** Sequential readers (several may read one file at once), most recently seen first. */
+  private readonly streams: Stream[] = [];
   /** Set when the object changed on the server: no read is served after that. */
   private changed?: string;
   private closed = false;
@@ -164,9 +163,10 @@ export class RemoteFile implements ImageFile {
       const last = Math.floor((position + inFile - 1) / bs);
       this.fetchMissing(first, last, true);
       const streaming = this.readAhead(position, inFile, last);
+      if (waiting) this.leaveIfPending(first, last, what, position);
       for (let index = first; index <= last; index++) {
         const block = this.cache.get(this.id, index) ?? this.fetchOne(index);
-        this.settled(block, what, position);
+        this.settled(block, what, position, waiting ? 0 : this.waitLimitMs);
         const blockStart = index * bs;
         const from = Math.max(position, blockStart);
         const to = Math.min(position + inFile, blockStart + bs);
@@ -217,7 +217,7 @@ export class RemoteFile implements ImageFile {
     const perRequest = Math.max(1, Math.floor(MAX_REQUEST_BYTES / this.blockSize));
     for (let index = first; index <= last; index++) {
       if (this.cache.get(this.id, index)) {
-        if (urgent) this.hits++;
+        if (urgent && !waiting?.again) this.hits++;
         flush();
         continue;
       }
@@ -234,7 +234,12 @@ export class RemoteFile implements ImageFile {
 
   private fetchOne(index: number): CachedBlock {
     const block = this.cache.claim(this.id, index);
-    if (!block) throw new QcowError('EIO', this.path, `the block cache is full of blocks being fetched (block ${index})`);
+    if (!block) {
+      // Many reads in flight at once (readWithoutWaiting) can fill a small cache: wait for one of them.
+      const busy = waiting && this.cache.somePending();
+      if (busy) throw new BlockPending(busy.state, this.waitLimitMs);
+      throw new QcowError('EIO', this.path, `the block cache is full of blocks being fetched (block ${index})`);
+    }
     this.misses++;
     this.send([block], true);
     return block;
@@ -253,17 +258,38 @@ export class RemoteFile implements ImageFile {
   }
 
   /**
-   * A read that starts where the last one ended (give or take a block: the kernel reorders a little)
-   * extends a window of blocks fetched ahead, doubling up to readAheadMax; requests go out in
-   * MAX_REQUEST_BYTES pieces so that several are in flight. True while the reader is sequential.
+   * Under readWithoutWaiting: a block of the read still on its way ends this attempt (BlockPending on
+   * the last such block: blocks of one request arrive in order). Past the wait limit, EIO as usual.
+   */
+  private leaveIfPending(first: number, last: number, what: string, position: number): void {
+    for (let index = last; index >= first; index--) {
+      const block = this.cache.get(this.id, index);
+      if (!block || Atomics.load(block.state, 0) !== SLOT.PENDING) continue;
+      if (Date.now() - waiting!.since >= this.waitLimitMs) this.settled(block, what, position, 0);
+      throw new BlockPending(block.state, this.waitLimitMs);
+    }
+  }
+
+  /**
+   * A read that starts where one of the recent ones ended (give or take a block: the kernel reorders a
+   * little) extends that reader's window of blocks fetched ahead, doubling up to readAheadMax; requests
+   * go out in MAX_REQUEST_BYTES pieces so that several are in flight. The same read again (a retry
+   * under readWithoutWaiting) changes nothing. True while the reader is sequential.
    */
   private readAhead(position: number, length: number, lastBlock: number): boolean {
     const bs = this.blockSize;
-    const sequential = this.lastEnd >= 0 && position >= this.lastEnd - bs && position <= this.lastEnd + bs;
-    this.streak = sequential ? this.streak + 1 : 0;
-    this.lastEnd = position + length;
-    if (this.streak < 2) return false;
-    const window = Math.min(this.readAheadMax, bs * 2 ** Math.min(this.streak, 30));
+    const readEnd = position + length;
+    let stream = this.streams.find((x) => (x.start === position && x.end === readEnd) || (position >= x.end - bs && position <= x.end + bs));
+    if (stream) {
+      this.streams.splice(this.streams.indexOf(stream), 1);
+      if (stream.start !== position || stream.end !== readEnd) stream = { start: position, end: readEnd, streak: stream.streak + 1 };
+    } else stream = { start: position, end: readEnd, streak: 0 };
+    this.streams.unshift(stream);
+    if (this.streams.length > MAX_STREAMS) this.streams.pop();
+    if (stream.streak < 2) return false;
+    // Readers at once share the read-ahead budget, so pending blocks never fill the cache.
+    const readers = this.streams.filter((x) => x.streak >= 2).length;
+    const window = Math.min(Math.max(bs, this.readAheadMax / readers), bs * 2 ** Math.min(stream.streak, 30));
     const lastInFile = Math.floor((this.size - 1) / bs);
     const end = Math.min(lastInFile, lastBlock + Math.max(1, Math.floor(window / bs)));
     // Top up only when a worthwhile piece of the window is missing, not one block per read.
@@ -277,8 +303,8 @@ export class RemoteFile implements ImageFile {
   }
 
   /** Waits for a block to settle; a failure is EIO (and a changed object fails every later read too). */
-  private settled(block: CachedBlock, what: string, position: number): void {
-    const state = waitFor(block.control, this.waitLimitMs);
+  private settled(block: CachedBlock, what: string, position: number, limitMs: number): void {
+    const state = waitFor(block.control, limitMs);
     if (state === SLOT.READY) return;
     const why = state === SLOT.PENDING ? `no answer from the server in ${Math.round(this.waitLimitMs / 1000)} s` : controlMessage(block.control);
     if (state === SLOT.CHANGED) this.changed = why;
@@ -286,6 +312,60 @@ export class RemoteFile implements ImageFile {
     throw new QcowError('EIO', this.path, `reading ${what} at ${hex(position)}: ${redactText(why)}`);
   }
 }
+
+/** Sequential readers told apart per file (each with its own read-ahead window). */
+const MAX_STREAMS = 4;
+
+interface Stream {
+  start: number;
+  end: number;
+  /** Reads in a row that followed on. */
+  streak: number;
+}
+
+/** Set while readWithoutWaiting runs a read: when it began, and whether this is a second try. */
+let waiting: { since: number; again: boolean } | undefined;
+
+/** Tries of one read under readWithoutWaiting before it waits the blocking way (blocks evicted meanwhile). */
+const MAX_TRIES = 64;
+
+/** A read under readWithoutWaiting needs a block still on its way: wait for `state`, then try again. */
+class BlockPending extends Error {
+  constructor(
+    readonly state: Int32Array,
+    readonly limitMs: number,
+  ) {
+    super('a remote block is on its way');
+  }
+}
+
+/**
+ * Runs a synchronous read (`Disk.readSync` of any view) so that remote files do not block the thread
+ * while their blocks arrive: a read that needs a block still on its way is abandoned, the block is
+ * awaited (Atomics.waitAsync), and the read runs again (its mapping is cached by then; blocks already
+ * in are copied again). So a FUSE daemon can have many remote reads in flight at once. Reads of local
+ * files are unaffected. Errors are the read's own: EIO after the wait limit, a changed object, etc.
+ */
+export async function readWithoutWaiting<T>(read: () => T): Promise<T> {
+  const since = Date.now();
+  for (let tries = 1; ; tries++) {
+    let pending: BlockPending;
+    waiting = tries < MAX_TRIES ? { since, again: tries > 1 } : undefined;
+    try {
+      return read();
+    } catch (err) {
+      if (!(err instanceof BlockPending)) throw err;
+      pending = err;
+    } finally {
+      waiting = undefined;
+    }
+    const wait = waitAsync(pending.state, 0, SLOT.PENDING, Math.max(0, pending.limitMs - (Date.now() - since)));
+    if (wait.async) await wait.value;
+  }
+}
+
+/** Atomics.waitAsync (Node 16+; not in this project's TypeScript lib). */
+const waitAsync = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, t: number): { async: boolean; value: Promise<string> | string } }).waitAsync;
 
 /** Longest a caller waits for one block: every attempt timing out, with every backoff, plus slack. */
 function waitLimit(s: ConnectionSettings): number {

@@ -168,7 +168,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   const tree = buildMountTree(image, { memory: { maxRamBelow4g: config.options.ramBelow4g }, log: (line) => logger.log(line) });
   const uid = config.options.uid ?? process.getuid?.() ?? 0;
   const gid = config.options.gid ?? process.getgid?.() ?? 0;
-  const ops = createFuseOps(tree, { uid, gid, debug: config.debug, logger });
+  const ops = createFuseOps(tree, { uid, gid, debug: config.debug, logger, remote: image.remote !== undefined });
   const fdsBefore = new Set(fuseDeviceFds());
 
   const backend = fuseBackend(config.options.fuse, logger);

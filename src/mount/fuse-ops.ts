@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import { QcowError } from '../errors.js';
+import { readWithoutWaiting } from '../io/remote-file.js';
 import { ERRNO, describeFailure, errnoFor } from './errno.js';
 import { FdTable } from './fd-table.js';
 import type { FileNode, MountNode, MountTree } from './tree.js';
@@ -76,6 +77,11 @@ export interface OpsOptions {
   /** Log every request and its answer. */
   debug?: boolean;
   logger: Logger;
+  /**
+   * The image is remote: reads answer when their blocks arrive (readWithoutWaiting), not by blocking
+   * the JS thread, so several are in flight at once. Both back-ends accept a later answer.
+   */
+  remote?: boolean;
 }
 
 const S_IFDIR = fs.constants.S_IFDIR;
@@ -152,6 +158,18 @@ export function createFuseOps(tree: MountTree, options: OpsOptions): MountOps {
     return node.disk.readSync(buf.length === n ? buf : buf.subarray(0, n), pos);
   }
 
+  /** A failed read: counted, logged once per bad region, answered with its errno. */
+  function failure(err: unknown, path: string, len: number, pos: number): number {
+    failed++;
+    const why = describeFailure(err);
+    const now = Date.now();
+    if (why !== lastFailure || now - lastFailureAt > 2000) logger.log(`EIO: read ${path} at offset ${pos} (+${len}): ${why}`);
+    lastFailure = why;
+    lastFailureAt = now;
+    if (!(err instanceof QcowError) && err instanceof Error && err.stack) logger.log(err.stack);
+    return errnoFor(err);
+  }
+
   const erofs = (what: string) =>
     function (this: unknown, ...args: unknown[]): void {
       const cb = args[args.length - 1] as Cb;
@@ -193,17 +211,14 @@ export function createFuseOps(tree: MountTree, options: OpsOptions): MountOps {
     read(path, fd, buf, len, pos, cb) {
       const node = fds.get(fd) ?? lookupFile(path);
       if (!node) return cb(ERRNO.EBADF);
+      if (options.remote && node.kind !== 'bytes') {
+        readWithoutWaiting(() => readNode(node, buf, len, pos)).then(cb, (err: unknown) => cb(failure(err, path, len, pos)));
+        return;
+      }
       try {
         cb(readNode(node, buf, len, pos));
       } catch (err) {
-        failed++;
-        const why = describeFailure(err);
-        const now = Date.now();
-        if (why !== lastFailure || now - lastFailureAt > 2000) logger.log(`EIO: read ${path} at offset ${pos} (+${len}): ${why}`);
-        lastFailure = why;
-        lastFailureAt = now;
-        if (!(err instanceof QcowError) && err instanceof Error && err.stack) logger.log(err.stack);
-        cb(errnoFor(err));
+        cb(failure(err, path, len, pos));
       }
     },
 
