@@ -8,6 +8,7 @@
  * (latency-proxy.ts), which slows this one server and nothing else on a shared machine.
  *
  * As a script: tsx scripts/bench/remote.ts [--rounds N] [--seconds S] [--latency 0,20] [--netem]
+ *   [--variants NAME=DIST,...]   (other builds' dist/ folders, alternated with this one: an A/B of a change)
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -20,7 +21,6 @@ import { IMAGES } from './images.js';
 import { KiB, MiB, REPO, atCleanUp, have, log, median, memOf, run, runOk, sleep, trackMount, unmountSync, untrackMount, isMounted, warm } from './util.js';
 import { WORKLOADS } from './workloads.js';
 
-const EXPORT = path.join(REPO, 'dist/cli/qcow-export.js');
 const IMAGE_NAME = 'remote-256m.qcow2';
 const IMAGE_SIZE = 256 * MiB;
 const EXPORT_TIMEOUT_MS = 150_000;
@@ -39,6 +39,11 @@ export interface RemoteBenchOptions {
   netem: boolean;
   /** Cache size for qcow-mount (-o remote_cache_size). */
   cacheSize: string;
+  /**
+   * Other builds of ours, alternated with this one in every round (A/B of a change): name -> a saved
+   * dist/ folder. Their medians are logged; the table shows this build's.
+   */
+  variants?: Record<string, string>;
 }
 
 export interface RemoteRow {
@@ -148,19 +153,29 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
         // Under latency QEMU's curl driver is slow: sequential jobs read a smaller window.
         const seqBytes = latency > 0 ? 64 * MiB : IMAGE_SIZE;
         const figures = new Map<string, { ours: number[]; qemu: number[]; hwm: number[] }>();
-        const note = (w: string, who: 'ours' | 'qemu', v: number, hwm?: number) => {
+        const others = new Map<string, number[]>();
+        const note = (w: string, who: string, v: number, hwm?: number) => {
+          if (who !== 'ours' && who !== 'qemu') {
+            const key = `${latency} ms ${who} ${w}`;
+            others.set(key, [...(others.get(key) ?? []), v]);
+            return;
+          }
           const f = figures.get(w) ?? { ours: [], qemu: [], hwm: [] };
           f[who].push(v);
           if (hwm !== undefined) f.hwm.push(hwm);
           figures.set(w, f);
         };
+        const variants = Object.keys(opt.variants ?? {});
+        const cliOf = (who: string, name: string) => (opt.variants?.[who] ? path.join(opt.variants[who], 'cli', name) : path.join(REPO, 'dist/cli', name));
         for (let round = 0; round < opt.rounds; round++) {
-          for (const who of round % 2 ? (['qemu', 'ours'] as const) : (['ours', 'qemu'] as const)) {
+          const order = ['ours', ...variants, 'qemu'];
+          if (round % 2) order.reverse();
+          for (const who of order) {
             // The image in the host's page cache for both peers alike: nginx serves it from memory.
             await warm(image);
             const m =
-              who === 'ours'
-                ? await mountPeer('ours', { image: url, tag: `remote-${latency}-${round}`, oursArgs: ['-o', `remote_cache_size=${opt.cacheSize}`] })
+              who !== 'qemu'
+                ? await mountPeer('ours', { image: url, tag: `remote-${who}-${latency}-${round}`, oursArgs: ['-o', `remote_cache_size=${opt.cacheSize}`], oursCli: cliOf(who, 'qcow-mount.js') })
                 : await mountQsdCurl(url, `${latency}-${round}`);
             try {
               for (const w of [WORKLOADS.seq1m, WORKLOADS.rand4k1]) {
@@ -173,7 +188,7 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
                 }, WORKLOAD_TIMEOUT_MS);
                 try {
                   const r = await w.run(m.file, IMAGE_SIZE, { seconds: opt.seconds, seqBytes, seqOffset: round * 64 * MiB });
-                  note(w.id, who, r.value, who === 'ours' ? memOf(m.pid)?.hwmKiB : undefined);
+                  note(w.id, who, r.value, who !== 'qemu' ? memOf(m.pid)?.hwmKiB : undefined);
                   log(`remote ${latency} ms ${who} ${w.id}: ${r.value.toFixed(1)} ${w.metric}`);
                 } catch (err) {
                   if (!stalled) throw err;
@@ -189,15 +204,15 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
             }
           }
           // Export of the whole image.
-          for (const who of round % 2 ? (['qemu', 'ours'] as const) : (['ours', 'qemu'] as const)) {
+          for (const who of order) {
             const out = path.join(MOUNTS, `remote-export-${who}.raw`);
             fs.rmSync(out, { force: true });
             const t0 = process.hrtime.bigint();
             await warm(image);
             // Bounded: QEMU 7.2's curl driver was seen to stall for good (connections in CLOSE-WAIT).
             const r =
-              who === 'ours'
-                ? await run(process.execPath, [EXPORT, '-q', '-f', url, out], { timeoutMs: EXPORT_TIMEOUT_MS })
+              who !== 'qemu'
+                ? await run(process.execPath, [cliOf(who, 'qcow-export.js'), '-q', '-f', url, out], { timeoutMs: EXPORT_TIMEOUT_MS })
                 : await run('qemu-img', ['convert', '-O', 'raw', `json:${JSON.stringify({ file: { driver: url.startsWith('https:') ? 'https' : 'http', url, timeout: QEMU_CURL_TIMEOUT_S } })}`, out], { timeoutMs: EXPORT_TIMEOUT_MS });
             const s = Number(process.hrtime.bigint() - t0) / 1e9;
             fs.rmSync(out, { force: true });
@@ -210,6 +225,7 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
             log(`remote ${latency} ms ${who} export: ${(IMAGE_SIZE / 1e6 / s).toFixed(1)} MB/s`);
           }
         }
+        for (const [key, values] of others) log(`remote ${key}: median ${median(values).toFixed(1)} [${Math.min(...values).toFixed(1)}-${Math.max(...values).toFixed(1)}]`);
         for (const [w, f] of figures) {
           rows.push({
             workload: w,
@@ -261,6 +277,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     latencies: get('--latency', '0,20').split(',').map(Number),
     netem: argv.includes('--netem'),
     cacheSize: get('--cache', '256M'),
+    variants: argv.includes('--variants') ? Object.fromEntries(get('--variants', '').split(',').map((v) => v.split('=') as [string, string])) : undefined,
   };
   const { installCleanUpHandlers, cleanUpAll } = await import('./util.js');
   installCleanUpHandlers();
