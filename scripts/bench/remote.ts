@@ -72,7 +72,8 @@ async function buildImage(): Promise<string> {
 /** qemu-storage-daemon reading the image with QEMU's curl driver, exported over FUSE. */
 async function mountQsdCurl(url: string, tag: string): Promise<Mounted> {
   fs.mkdirSync(MOUNTS, { recursive: true });
-  const file = path.join(MOUNTS, `qsd-curl-${tag}.raw`);
+  // The real path: that is what /proc/mounts shows (in a worktree bench-work is a symbolic link).
+  const file = path.join(fs.realpathSync(MOUNTS), `qsd-curl-${tag}.raw`);
   if (isMounted(file)) unmountSync(file);
   fs.writeFileSync(file, '');
   trackMount(file);

@@ -359,10 +359,23 @@ export async function readWithoutWaiting<T>(read: () => T): Promise<T> {
     } finally {
       waiting = undefined;
     }
-    const wait = waitAsync(pending.state, 0, SLOT.PENDING, Math.max(0, pending.limitMs - (Date.now() - since)));
-    if (wait.async) await wait.value;
+    // Alone, a read first waits a moment in place: a nearby server answers within it, and the hop
+    // through the event loop (~40 µs) is saved. With others in flight it lets go at once.
+    if (outstanding === 0 && Atomics.wait(pending.state, 0, SLOT.PENDING, BRIEF_WAIT_MS) !== 'timed-out') continue;
+    outstanding++;
+    try {
+      const wait = waitAsync(pending.state, 0, SLOT.PENDING, Math.max(1, pending.limitMs - (Date.now() - since)));
+      if (wait.async) await wait.value;
+    } finally {
+      outstanding--;
+    }
   }
 }
+
+/** Reads of readWithoutWaiting waiting asynchronously now. */
+let outstanding = 0;
+/** How long a lone read waits for its block in place before it lets the thread go (ms). */
+const BRIEF_WAIT_MS = 1;
 
 /** Atomics.waitAsync (Node 16+; not in this project's TypeScript lib). */
 const waitAsync = (Atomics as unknown as { waitAsync(a: Int32Array, i: number, v: number, t: number): { async: boolean; value: Promise<string> | string } }).waitAsync;
