@@ -69,6 +69,28 @@ describe('remote file: servers that misbehave', () => {
     }
   });
 
+  it('readWithoutWaiting: reads waiting on a slow server leave the thread free, and get the bytes', async () => {
+    server = await startTestServer(file, 'slow=32768');
+    const f = RemoteFile.open(`${server.url}/blob.bin`, { timeoutMs: 5000, blockSize: 64 * 1024 });
+    let turns = 0;
+    let ticking = true;
+    const tick = () => {
+      turns++;
+      if (ticking) setImmediate(tick);
+    };
+    setImmediate(tick);
+    try {
+      const at = [100_000, 900_000, 1_700_000, 2_500_000];
+      const got = await Promise.all(at.map((p) => readWithoutWaiting(() => f.readExact(p, 50_000, 'data'))));
+      got.forEach((b, i) => expect(b.equals(data.subarray(at[i], at[i] + 50_000))).toBe(true));
+      // Reads that blocked the thread would all be done before the loop's first turn.
+      expect(turns).toBeGreaterThan(2);
+    } finally {
+      ticking = false;
+      f.close();
+    }
+  });
+
   it('fails a read with EIO in bounded time when the server stops answering', async () => {
     server = await startTestServer(file, 'stall');
     const f = RemoteFile.open(`${server.url}/blob.bin`, { timeoutMs: 300, retries: 1, backoffMs: 50 });

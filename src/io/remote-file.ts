@@ -173,8 +173,10 @@ export class RemoteFile implements ImageFile {
         into.set(new Uint8Array(block.data, from - blockStart, to - from), offset + (from - position));
         // Drop-behind: a block a sequential reader has read to its end is not read again soon; its
         // buffer is reused for the next block ahead instead of growing the cache (fresh shared memory
-        // costs a page fault per 4 KiB), and the cache keeps what random readers (metadata) use.
-        if (streaming && to === blockStart + bs) this.cache.drop(block);
+        // costs a page fault per 4 KiB), and the cache keeps what random readers (metadata) use. Only
+        // blocks this read covers whole: the one it shares with its neighbour may still be waited for
+        // by that read (reads run at once under readWithoutWaiting), and refetching it costs a round trip.
+        if (streaming && from === blockStart && to === blockStart + bs) this.cache.drop(block);
       }
     }
     if (inFile < length) into.fill(0, offset + Math.max(0, inFile), offset + length);
@@ -279,7 +281,9 @@ export class RemoteFile implements ImageFile {
   private readAhead(position: number, length: number, lastBlock: number): boolean {
     const bs = this.blockSize;
     const readEnd = position + length;
-    let stream = this.streams.find((x) => (x.start === position && x.end === readEnd) || (position >= x.end - bs && position <= x.end + bs));
+    // Forward by up to one read: the kernel's readahead requests overtake each other.
+    const slack = Math.max(bs, length);
+    let stream = this.streams.find((x) => (x.start === position && x.end === readEnd) || (position >= x.end - bs && position <= x.end + slack));
     if (stream) {
       this.streams.splice(this.streams.indexOf(stream), 1);
       if (stream.start !== position || stream.end !== readEnd) stream = { start: position, end: readEnd, streak: stream.streak + 1 };
@@ -287,8 +291,9 @@ export class RemoteFile implements ImageFile {
     this.streams.unshift(stream);
     if (this.streams.length > MAX_STREAMS) this.streams.pop();
     if (stream.streak < 2) return false;
-    // Readers at once share the read-ahead budget, so pending blocks never fill the cache.
-    const readers = this.streams.filter((x) => x.streak >= 2).length;
+    // Readers at once share the read-ahead budget, so pending blocks never fill the cache (streams
+    // within one window of each other are one reader's requests seen out of order).
+    const readers = 1 + this.streams.filter((x) => x !== stream && x.streak >= 2 && Math.abs(x.end - readEnd) > this.readAheadMax).length;
     const window = Math.min(Math.max(bs, this.readAheadMax / readers), bs * 2 ** Math.min(stream.streak, 30));
     const lastInFile = Math.floor((this.size - 1) / bs);
     const end = Math.min(lastInFile, lastBlock + Math.max(1, Math.floor(window / bs)));
