@@ -166,6 +166,8 @@ export class RemoteFile implements ImageFile {
       if (waiting) this.leaveIfPending(first, last, what, position);
       for (let index = first; index <= last; index++) {
         const block = this.cache.get(this.id, index) ?? this.fetchOne(index);
+        // Fetched again just now (evicted for another of this read's blocks in a small cache): wait.
+        if (waiting && Atomics.load(block.state, 0) === SLOT.PENDING && Date.now() - waiting.since < this.waitLimitMs) throw new BlockPending(block.state, this.waitLimitMs);
         this.settled(block, what, position, waiting ? 0 : this.waitLimitMs);
         const blockStart = index * bs;
         const from = Math.max(position, blockStart);
