@@ -237,13 +237,16 @@ export class RemoteFile implements ImageFile {
   }
 
   private fetchOne(index: number): CachedBlock {
-    const block = this.cache.claim(this.id, index);
-    if (!block) {
-      // Many reads in flight at once (readWithoutWaiting) can fill a small cache: wait for one of them.
-      const busy = waiting && this.cache.somePending();
-      if (busy) throw new BlockPending(busy.state, this.waitLimitMs);
-      throw new QcowError('EIO', this.path, `the block cache is full of blocks being fetched (block ${index})`);
+    let block = this.cache.claim(this.id, index);
+    // Many reads in flight at once (readWithoutWaiting) can fill a small cache with blocks on their
+    // way: wait for one of them (without blocking when allowed, else here: nothing else runs then).
+    const busy = block ? undefined : this.cache.somePending();
+    if (busy && waiting) throw new BlockPending(busy.state, this.waitLimitMs);
+    if (busy) {
+      waitFor(busy.control, this.waitLimitMs);
+      block = this.cache.claim(this.id, index);
     }
+    if (!block) throw new QcowError('EIO', this.path, `the block cache is full of blocks being fetched (block ${index})`);
     this.misses++;
     this.send([block], true);
     return block;
