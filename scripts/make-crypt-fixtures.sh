@@ -14,29 +14,15 @@
 #   snapshot views: the same with -l snapshot.name=NAME (no image here was resized after a snapshot).
 set -euo pipefail
 
-die() { echo "make-crypt-fixtures: $*" >&2; exit 1; }
-
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
-OUTDIR=$(realpath -m "${1:-$REPO_ROOT/fixtures/crypt}")
+FIXTURE_NAME=make-crypt-fixtures
+. "$SCRIPT_DIR/lib/fixture-build.sh"
 export LC_ALL=C
 
-for tool in qemu-img qemu-io python3 flock; do
-  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found in PATH (apt-get install qemu-utils python3)"
-done
-
-STAMP=$({ sha256sum <"$SCRIPT_DIR/make-crypt-fixtures.sh"; qemu-img --version | head -n1; } | sha256sum | cut -d' ' -f1)
-up_to_date() { [[ -f $OUTDIR/.stamp && -f $OUTDIR/manifest.json && "$(cat "$OUTDIR/.stamp")" == "$STAMP" ]]; }
-up_to_date && exit 0
-
-PARENT=$(dirname "$OUTDIR")
-BASE=$(basename "$OUTDIR")
-mkdir -p "$PARENT"
-exec 9>"/tmp/qcow-mount-crypt-fixtures-$(echo "$OUTDIR" | sha256sum | cut -c1-16).lock"
-flock 9
-if up_to_date; then exit 0; fi
-rm -rf "$PARENT/.$BASE.tmp."* "$PARENT/.$BASE.old."*
-BUILD=$(mktemp -d "$PARENT/.$BASE.tmp.XXXXXX")
+fixture_need "apt-get install qemu-utils python3" qemu-img qemu-io python3 flock
+STAMP=$(fixture_stamp "$SCRIPT_DIR/make-crypt-fixtures.sh" < <(qemu-img --version | head -n1))
+fixture_begin "$(realpath -m "${1:-$REPO_ROOT/fixtures/crypt}")"
 trap 'rm -rf "$BUILD"' EXIT
 cd "$BUILD"
 echo "make-crypt-fixtures: building into $OUTDIR"
@@ -263,10 +249,4 @@ entry chain-luks-v1aes qcow2 top.qcow2 key-a,key-b 'LUKS qcow2 (key b) over an A
 rm -f src.raw
 { printf '{"qemu":"%s","images":[' "$(qemu-img --version | head -n1)"; (IFS=,; printf '%s' "${MANIFEST[*]}"); printf ']}\n'; } >manifest.json
 python3 -c 'import json,sys; json.load(open("manifest.json"))' || die "bad manifest"
-echo "$STAMP" >.stamp
-cd /
-if [[ -e $OUTDIR ]]; then mv "$OUTDIR" "$PARENT/.$BASE.old.$$"; fi
-mv "$BUILD" "$OUTDIR"
-trap - EXIT
-rm -rf "$PARENT/.$BASE.old."*
-echo "make-crypt-fixtures: done"
+fixture_finish

@@ -14,23 +14,14 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
-OUTDIR=$(realpath -m "${1:-$REPO_ROOT/fixtures/damaged}")
+FIXTURE_NAME=make-damaged-fixtures
+. "$SCRIPT_DIR/lib/fixture-build.sh"
 export LC_ALL=C
 
-for tool in qemu-img qemu-io python3 flock; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "make-damaged-fixtures: '$tool' not found" >&2; exit 1; }
-done
-STAMP=$({ sha256sum <"$SCRIPT_DIR/make-damaged-fixtures.sh"; qemu-img --version | head -n1; } | sha256sum | cut -d' ' -f1)
-up_to_date() { [[ -f $OUTDIR/.stamp && -f $OUTDIR/manifest.json && "$(cat "$OUTDIR/.stamp")" == "$STAMP" ]]; }
-up_to_date && exit 0
-
-mkdir -p "$(dirname "$OUTDIR")"
-exec 9>"/tmp/qcow-mount-damaged-fixtures-$(echo "$OUTDIR" | sha256sum | cut -c1-16).lock"
-flock 9
-up_to_date && exit 0
-BUILD=$(mktemp -d "$(dirname "$OUTDIR")/.damaged.tmp.XXXXXX")
+fixture_need "apt-get install qemu-utils python3" qemu-img qemu-io python3 flock
+STAMP=$(fixture_stamp "$SCRIPT_DIR/make-damaged-fixtures.sh" < <(qemu-img --version | head -n1))
+fixture_begin "$(realpath -m "${1:-$REPO_ROOT/fixtures/damaged}")"
 trap 'rm -rf "$BUILD"' EXIT
-chmod 755 "$BUILD"
 cd "$BUILD"
 echo "make-damaged-fixtures: building into $OUTDIR"
 
@@ -119,10 +110,4 @@ qemu = subprocess.run(['qemu-img', '--version'], capture_output=True, text=True)
 json.dump(dict(qemu=qemu, active='damaged/active.raw', images=images), open('manifest.json', 'w'), indent=2)
 PY
 rm -f good.qcow2
-echo "$STAMP" >.stamp
-rm -rf "$OUTDIR.old"
-[[ -e $OUTDIR ]] && mv "$OUTDIR" "$OUTDIR.old"
-mv "$BUILD" "$OUTDIR"
-rm -rf "$OUTDIR.old"
-trap - EXIT
-echo "make-damaged-fixtures: done"
+fixture_finish

@@ -20,45 +20,20 @@
 # (qemu-img map --output=json).
 set -euo pipefail
 
-die() { echo "make-fixtures: $*" >&2; exit 1; }
-
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 HELPER="$SCRIPT_DIR/fixtures/fixtures.py"
-OUTDIR=$(realpath -m "${1:-$REPO_ROOT/fixtures}")
+FIXTURE_NAME=make-fixtures
+. "$SCRIPT_DIR/lib/fixture-build.sh"
 export PYTHONDONTWRITEBYTECODE=1 LC_ALL=C
 
-for tool in qemu-img qemu-io qemu-system-x86_64 python3 flock; do
-  command -v "$tool" >/dev/null 2>&1 ||
-    die "'$tool' not found in PATH (install QEMU: apt-get install qemu-utils qemu-system-x86)"
-done
+fixture_need "install QEMU: apt-get install qemu-utils qemu-system-x86" qemu-img qemu-io qemu-system-x86_64 python3 flock
 [[ -f $HELPER ]] || die "missing helper $HELPER"
 
 QEMU_VERSION=$(qemu-img --version | head -n1)
-compute_stamp() {
-  {
-    echo "script $(sha256sum <"$SCRIPT_DIR/make-fixtures.sh" | cut -d' ' -f1)"
-    local f
-    while IFS= read -r f; do
-      echo "${f#"$SCRIPT_DIR"/} $(sha256sum <"$f" | cut -d' ' -f1)"
-    done < <(find "$SCRIPT_DIR/fixtures" -type f -not -path '*/__pycache__/*' | sort)
-    echo "$QEMU_VERSION"
-  } | sha256sum | cut -d' ' -f1
-}
-STAMP=$(compute_stamp)
-up_to_date() { [[ -f $OUTDIR/.stamp && -f $OUTDIR/manifest.json && "$(cat "$OUTDIR/.stamp")" == "$STAMP" ]]; }
-up_to_date && exit 0
-
-# One builder at a time per OUTDIR (tests may start several runs at once).
-PARENT=$(dirname "$OUTDIR")
-BASE=$(basename "$OUTDIR")
-mkdir -p "$PARENT"
-exec 9>"/tmp/qcow-mount-fixtures-$(echo "$OUTDIR" | sha256sum | cut -c1-16).lock"
-flock 9
-if up_to_date; then exit 0; fi
-rm -rf "$PARENT/.$BASE.tmp."* "$PARENT/.$BASE.old."* # leftovers of interrupted runs
-
-BUILD=$(mktemp -d "$PARENT/.$BASE.tmp.XXXXXX")
+mapfile -t HELPER_FILES < <(find "$SCRIPT_DIR/fixtures" -type f -not -path '*/__pycache__/*' | sort)
+STAMP=$(fixture_stamp "$SCRIPT_DIR/make-fixtures.sh" "${HELPER_FILES[@]}" <<<"$QEMU_VERSION")
+fixture_begin "$(realpath -m "${1:-$REPO_ROOT/fixtures}")"
 JOB_PIDS=()
 set -m # job control: each fixture job runs in its own process group, so cleanup can end all of it
 cleanup() {
@@ -70,7 +45,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 mkdir -p "$BUILD/.work" "$BUILD/.logs" "$BUILD/.status" "$BUILD/.meta"
-T0=$(date +%s)
 echo "make-fixtures: building into $OUTDIR ($QEMU_VERSION)"
 
 K=1024
@@ -651,14 +625,4 @@ grep -h 'WARNING' "$BUILD"/.logs/*.log >&2 || true
 
 python3 "$HELPER" manifest "$BUILD" "$QEMU_VERSION" "$STAMP"
 rm -rf "$BUILD/.work" "$BUILD/.meta" "$BUILD/.status" # .logs stays: one build log per fixture
-echo "$STAMP" >"$BUILD/.stamp"
-
-# swap into place: the old set (if any) moves aside first, then goes away
-OLD=""
-if [[ -e $OUTDIR ]]; then
-  OLD="$PARENT/.$BASE.old.$$"
-  mv "$OUTDIR" "$OLD"
-fi
-mv "$BUILD" "$OUTDIR"
-[[ -n $OLD ]] && rm -rf "$OLD"
-echo "make-fixtures: ${#FIXTURES[@]} fixtures in $OUTDIR ($(du -sh "$OUTDIR" | cut -f1) on disk) in $(($(date +%s) - T0)) s"
+fixture_finish

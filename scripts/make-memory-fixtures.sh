@@ -13,39 +13,20 @@
 # lists the VMs with their machine options.
 set -euo pipefail
 
-die() { echo "make-memory-fixtures: $*" >&2; exit 1; }
-
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 HELPER="$SCRIPT_DIR/fixtures/fixtures.py"
-OUTDIR=$(realpath -m "${1:-$REPO_ROOT/fixtures/memory}")
+FIXTURE_NAME=make-memory-fixtures
+. "$SCRIPT_DIR/lib/fixture-build.sh"
 export PYTHONDONTWRITEBYTECODE=1 LC_ALL=C
 
-for tool in qemu-img qemu-system-x86_64 python3 flock fallocate; do
-  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found in PATH"
-done
+fixture_need "apt-get install qemu-utils qemu-system-x86 python3" qemu-img qemu-system-x86_64 python3 flock fallocate
 [[ -f $HELPER ]] || die "missing helper $HELPER"
 
 QEMU_VERSION=$(qemu-system-x86_64 --version | head -n1)
-STAMP=$({
-  sha256sum <"$SCRIPT_DIR/make-memory-fixtures.sh" | cut -d' ' -f1
-  sha256sum <"$HELPER" | cut -d' ' -f1
-  echo "$QEMU_VERSION"
-} | sha256sum | cut -d' ' -f1)
-up_to_date() { [[ -f $OUTDIR/.stamp && -f $OUTDIR/manifest.json && "$(cat "$OUTDIR/.stamp")" == "$STAMP" ]]; }
-up_to_date && exit 0
-
-PARENT=$(dirname "$OUTDIR")
-BASE=$(basename "$OUTDIR")
-mkdir -p "$PARENT"
-exec 9>"/tmp/qcow-mount-memory-fixtures-$(echo "$OUTDIR" | sha256sum | cut -c1-16).lock"
-flock 9
-if up_to_date; then exit 0; fi
-rm -rf "$PARENT/.$BASE.tmp."* "$PARENT/.$BASE.old."*
-
-BUILD=$(mktemp -d "$PARENT/.$BASE.tmp.XXXXXX")
+STAMP=$(fixture_stamp "$SCRIPT_DIR/make-memory-fixtures.sh" "$HELPER" <<<"$QEMU_VERSION")
+fixture_begin "$(realpath -m "${1:-$REPO_ROOT/fixtures/memory}")"
 trap 'rm -rf "$BUILD"' EXIT
-T0=$(date +%s)
 echo "make-memory-fixtures: building into $OUTDIR ($QEMU_VERSION)"
 
 M=$((1024 * 1024))
@@ -99,7 +80,7 @@ EOF
   local IFS=,
   printf '{"name":"%s","cluster_size":%d,"ran_seconds":%s,"machine":"%s","memory":"%s","options":"%s","blobs":[%s]}\n' \
     "$name" "$cluster" "$run" "$machine" "$mem" "${extra[*]}" "${specs[*]}" >"$dir/vm.json"
-  echo "make-memory-fixtures: $name done ($(($(date +%s) - T0)) s)"
+  echo "make-memory-fixtures: $name done ($(($(date +%s) - FIXTURE_T0)) s)"
 }
 
 # pc (i440fx), no split, several RAM blocks (VGA adds vga.vram and its ROM), 64 KiB clusters, SeaBIOS ran.
@@ -122,13 +103,4 @@ build = sys.argv[1]
 vms = [json.load(open(os.path.join(build, d, "vm.json"))) for d in sorted(os.listdir(build)) if os.path.isfile(os.path.join(build, d, "vm.json"))]
 json.dump({"vms": vms}, open(os.path.join(build, "manifest.json"), "w"), indent=1)
 EOF
-echo "$STAMP" >"$BUILD/.stamp"
-OLD=""
-if [[ -e $OUTDIR ]]; then
-  OLD="$PARENT/.$BASE.old.$$"
-  mv "$OUTDIR" "$OLD"
-fi
-mv "$BUILD" "$OUTDIR"
-trap - EXIT
-[[ -n $OLD ]] && rm -rf "$OLD"
-echo "make-memory-fixtures: done in $OUTDIR ($(du -sh "$OUTDIR" | cut -f1) on disk) in $(($(date +%s) - T0)) s"
+fixture_finish

@@ -15,35 +15,15 @@
 #   diff, diff-el2   known writes between snapshots s1, s2 and the active disk (for qcow-diff)
 set -euo pipefail
 
-die() { echo "make-partition-fixtures: $*" >&2; exit 1; }
-
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
-OUTDIR=$(realpath -m "${1:-$REPO_ROOT/fixtures/partitions}")
+FIXTURE_NAME=make-partition-fixtures
+. "$SCRIPT_DIR/lib/fixture-build.sh"
 export LC_ALL=C
 
-for tool in qemu-img qemu-io sfdisk sgdisk losetup mkfs.ext4 jq flock sha256sum; do
-  command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found in PATH (apt-get install qemu-utils fdisk gdisk e2fsprogs jq)"
-done
-
-STAMP=$({
-  sha256sum <"$SCRIPT_DIR/make-partition-fixtures.sh"
-  qemu-img --version | head -n1
-  sfdisk --version
-  sgdisk --version | head -n1
-} | sha256sum | cut -d' ' -f1)
-up_to_date() { [[ -f $OUTDIR/.stamp && -f $OUTDIR/manifest.json && "$(cat "$OUTDIR/.stamp")" == "$STAMP" ]]; }
-up_to_date && exit 0
-
-PARENT=$(dirname "$OUTDIR")
-BASE=$(basename "$OUTDIR")
-mkdir -p "$PARENT"
-exec 9>"/tmp/qcow-mount-partition-fixtures-$(echo "$OUTDIR" | sha256sum | cut -c1-16).lock"
-flock 9
-if up_to_date; then exit 0; fi
-rm -rf "$PARENT/.$BASE.tmp."* "$PARENT/.$BASE.old."*
-
-BUILD=$(mktemp -d "$PARENT/.$BASE.tmp.XXXXXX")
+fixture_need "apt-get install qemu-utils fdisk gdisk e2fsprogs jq" qemu-img qemu-io sfdisk sgdisk losetup mkfs.ext4 jq flock sha256sum
+STAMP=$(fixture_stamp "$SCRIPT_DIR/make-partition-fixtures.sh" < <(qemu-img --version | head -n1; sfdisk --version; sgdisk --version | head -n1))
+fixture_begin "$(realpath -m "${1:-$REPO_ROOT/fixtures/partitions}")"
 LOOPS=()
 cleanup() {
   local l
@@ -198,15 +178,4 @@ printf '%s\n' "${VIEWS[@]}" | jq -s --arg hello "$HELLO_SHA" --arg random "$RAND
   '{views: ., ext4: {name: "mbr", partition: 5, files: {"hello.txt": $hello, "random.bin": $random}},
     diff: [{name: "diff", image: "diff/diff.qcow2"}, {name: "diff-el2", image: "diff-el2/diff-el2.qcow2"}]
       | map(. + {views: {s1: "\(.name)/snap-s1.raw", s2: "\(.name)/snap-s2.raw", active: "\(.name)/active.raw"}})}' >manifest.json
-echo "$STAMP" >.stamp
-cd /
-if [[ -e $OUTDIR ]]; then
-  OLD=$(mktemp -d "$PARENT/.$BASE.old.XXXXXX")
-  mv "$OUTDIR" "$OLD/"
-  mv "$BUILD" "$OUTDIR"
-  rm -rf "$OLD"
-else
-  mv "$BUILD" "$OUTDIR"
-fi
-trap - EXIT
-echo "make-partition-fixtures: done"
+fixture_finish
