@@ -15,6 +15,7 @@ const ready = toolsAvailable('qemu-img', 'npm', '/dev/fuse', 'fusermount3') && (
 
 let scratch: Scratch;
 let bin: string;
+let prefix: string;
 const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { name: string; version: string; bin: Record<string, string> };
 
 beforeAll(() => {
@@ -27,7 +28,7 @@ beforeAll(() => {
   expect(pack.status, pack.stderr).toBe(0);
   const tarball = path.join(scratch.root, `${pkg.name}-${pkg.version}.tgz`);
   expect(fs.existsSync(tarball)).toBe(true);
-  const prefix = scratch.path('prefix');
+  prefix = scratch.path('prefix');
   const install = spawnSync('npm', ['install', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', tarball], {
     cwd: scratch.root,
     encoding: 'utf8',
@@ -54,6 +55,13 @@ describe.skipIf(!ready)('installed from the packed tarball', () => {
       expect(r.status, r.stderr).toBe(0);
       expect(r.stdout.trim()).toBe(pkg.version);
     }
+  });
+
+  // Outside CI a machine without libfuse3-dev installs without it (and says so); under CI it must build.
+  const canBuild = process.env.CI === 'true' || spawnSync('pkg-config', ['--exists', 'fuse3']).status === 0;
+  it.runIf(canBuild)('built the native FUSE back-end during the install', () => {
+    const addon = path.join(prefix, 'lib', 'node_modules', pkg.name, 'native', 'build', 'Release', 'qcow_fuse3.node');
+    expect(fs.existsSync(addon), `${addon} (see native/build.log beside it)`).toBe(true);
   });
 
   it('mounts an image through the installed qcow-mount; the bytes equal QEMU\'s', () => {
