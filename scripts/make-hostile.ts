@@ -17,7 +17,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { crc32 } from 'node:zlib';
+import { crc32, deflateRawSync } from 'node:zlib';
 
 /**
  * `hidden`: a damaged snapshot table or snapshot opens with those snapshots hidden and listed as
@@ -528,6 +528,25 @@ function build(dir: string): HostileEntry[] {
       const offset = entry & ((1n << x) - 1n);
       put64(f, at, (1n << 62n) | (offset & ~511n) + 500n); // 12 bytes of a stream, then the sector ends
     });
+  }
+
+  {
+    // QEMU deflates with a 4 KiB window (-12) but inflates a cluster in one call into a whole-cluster
+    // buffer, where zlib checks a match's distance against what that call has written, not the window:
+    // a stream whose matches reach 32 KiB back still reads. Ours must give the same bytes.
+    b.qimg('convert', '-q', '-c', '-O', 'qcow2', '-o', 'cluster_size=65536', 'text.raw', 'zlib-64k.qcow2');
+    const g64 = geometry(b.p('zlib-64k.qcow2'));
+    const file = b.copy('zlib-64k.qcow2', 'compressed-zlib-reach-32k.qcow2');
+    // 32 KiB of AES-CTR keystream (incompressible: only the repeat is matched), twice.
+    const half = crypto.createCipheriv('aes-128-ctr', Buffer.alloc(16, 3), Buffer.alloc(16)).update(Buffer.alloc(32 * 1024));
+    const stream = deflateRawSync(Buffer.concat([half, half]), { windowBits: 15, level: 9 });
+    const at = Math.ceil(fs.statSync(file).size / 512) * 512; // appended: the other clusters' data stays
+    writeAt(file, at, stream);
+    const x = BigInt(62 - (g64.clusterBits - 8));
+    const sectors = BigInt(Math.ceil(stream.length / 512) - 1);
+    put64(file, l2EntryPos(file, g64, 3 * 65536), (1n << 62n) | (sectors << x) | BigInt(at));
+    if (!b.convert('compressed-zlib-reach-32k.qcow2', 'compressed-zlib-reach-32k.qemu.raw')) throw new Error('qemu-img cannot read compressed-zlib-reach-32k.qcow2');
+    b.ok('compressed-zlib-reach-32k', 'compressed-zlib-reach-32k.qcow2', 'guest cluster 3 (64 KiB) holds a raw deflate stream whose matches reach 32 KiB back (QEMU writes 4 KiB windows; it reads this)', { active: 'compressed-zlib-reach-32k.qemu.raw' }, 65536);
   }
 
   // --- Extended L2 ------------------------------------------------------------------------------------
