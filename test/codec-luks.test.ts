@@ -6,20 +6,12 @@ import { describe, expect, it } from 'vitest';
 import { unlockLuks } from '../src/codec/luks.js';
 import { SectorCipher, legacyAesCipher } from '../src/codec/sector-cipher.js';
 import { decodeLuksHeader } from '../src/format/luks-header.js';
-import { cryptFixtures, cryptFixturesReady, cryptPath, keyBytes, qcow2DataClusters, qcow2LuksArea } from './support/crypt-fixtures.js';
+import { cast5InThisNode, cryptFixtures, cryptFixturesReady, cryptPath, keyBytes, qcow2DataClusters, qcow2LuksArea } from './support/crypt-fixtures.js';
 import { repoRoot } from './support/fixtures.js';
 import { prng } from './support/prng.js';
 import { toolsAvailable } from './support/tools.js';
 
 const ready = toolsAvailable('qemu-img') && cryptFixturesReady();
-const cast5InThisNode = (() => {
-  try {
-    crypto.createDecipheriv('cast5-ecb', Buffer.alloc(16), null);
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 /**
  * Decrypts every data cluster of a single-layer LUKS image with our codecs and compares it with QEMU's

@@ -1,5 +1,4 @@
 import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { QcowError } from '../src/errors.js';
 import { type QcowImage, openImageSync } from '../src/image.js';
 import type { Disk } from '../src/disk/disk.js';
-import { cryptFixtures, cryptFixturesReady, cryptPath, keyBytes, makeAes192Xts } from './support/crypt-fixtures.js';
+import { cast5InThisNode, cryptFixtures, cryptFixturesReady, cryptPath, keyBytes, makeAes192Xts } from './support/crypt-fixtures.js';
 import { repoRoot } from './support/fixtures.js';
 import { prng } from './support/prng.js';
 import { toolsAvailable } from './support/tools.js';
@@ -16,15 +15,6 @@ const ready = toolsAvailable('qemu-img') && cryptFixturesReady();
 /** Ciphers OpenSSL lacks (refused by name) and cast5 (legacy provider only: see codec-luks.test.ts). */
 const readable = (name: string) => !/serpent|twofish|cast5/.test(name);
 
-/** Whether this Node loaded OpenSSL's legacy provider (--openssl-legacy-provider): cast5 needs it. */
-const cast5InThisNode = (() => {
-  try {
-    crypto.createDecipheriv('cast5-ecb', Buffer.alloc(16), null);
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 function keysOf(list: string): Buffer[] {
   return list ? list.split(',').map(keyBytes) : [];

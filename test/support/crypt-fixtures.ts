@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fixturesDir } from './fixtures.js';
@@ -17,6 +18,16 @@ export interface CryptFixture {
   oracle: string;
   snapshots: { name: string; oracle: string }[];
 }
+
+/** Whether this Node loaded OpenSSL's legacy provider (--openssl-legacy-provider): cast5 needs it. */
+export const cast5InThisNode = (() => {
+  try {
+    crypto.createDecipheriv('cast5-ecb', Buffer.alloc(16), null);
+    return true;
+  } catch {
+    return false;
+  }
+})();
 
 export function cryptFixturesReady(): boolean {
   return fs.existsSync(path.join(cryptDir, 'manifest.json'));
