@@ -104,7 +104,14 @@ export function atCleanUp(fn: () => void): () => void {
 }
 
 export function isMounted(mountPoint: string): boolean {
-  const abs = path.resolve(mountPoint);
+  // mountinfo names the real path: in a worktree, bench-work is a symlink (a dead mount cannot be
+  // resolved itself, its parent can).
+  let abs = path.resolve(mountPoint);
+  try {
+    abs = path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs));
+  } catch {
+    // the parent is gone: compare as given
+  }
   try {
     return fs
       .readFileSync('/proc/self/mountinfo', 'utf8')
