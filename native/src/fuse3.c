@@ -549,12 +549,14 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
   bv->count = n;
   bv->idx = 0;
   bv->off = 0;
-  /* A host file that shrank under the mount would splice short (a silent EOF): such a read goes to
-   * JavaScript, which reports it as EIO. One fstat per host file the reply uses. */
+  /* Spliced replies (host data, two pages or more): a host file that shrank under the mount would
+   * splice short (a silent EOF), so such a read goes to JavaScript, which reports it as EIO: one fstat
+   * per host file the reply uses. Copied replies need none: a short pread sends them there too. */
+  const int splices = !inflated && s->splice && size >= 2 * PAGE;
   int used_fd[MAX_FDS];
   uint64_t used_end[MAX_FDS];
   size_t used = 0;
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = 0; splices && i < n; i++) {
     if (!(bv->buf[i].flags & FUSE_BUF_IS_FD)) continue;
     uint64_t e = (uint64_t)bv->buf[i].pos + bv->buf[i].size;
     size_t k = 0;
@@ -571,10 +573,10 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
   /* libfuse's own test: a pipe of one page per segment plus two, and the data (and its header). */
   size_t pipe_need = PAGE * (n + 2) + 16 /* struct fuse_out_header */ + size;
   int piped = -1;
-  if (!inflated && s->splice && size >= 2 * PAGE && pipe_need <= pipe_max) {
+  if (splices && pipe_need <= pipe_max) {
     count_native(s, size, 0);
     fuse_reply_data(req, bv, 0);
-  } else if (!inflated && s->splice && size >= 2 * PAGE && (piped = reply_from_pipe(s, req, bv, size)) >= 0) {
+  } else if (splices && (piped = reply_from_pipe(s, req, bv, size)) >= 0) {
     if (piped == 0) return 0;
   } else {
     /* Small replies, and replies of many segments: copy into this thread's buffer (libfuse's
