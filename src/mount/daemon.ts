@@ -56,12 +56,16 @@ export interface DaemonHooks {
 /**
  * Worker threads inflating compressed clusters ahead of sequential readers: one per core, at most 4
  * (on 2 cores, 1 thread gained nothing through FUSE and 2 gained 15-20% on zlib: the JS thread mostly
- * waits). QCOW_MOUNT_INFLATE_THREADS overrides (0: none).
+ * waits). None on the native back-end below 3 cores: its worker threads inflate zlib clusters in C,
+ * and the pool takes zstd only from 3 cores (ClusterReader.inflateAhead), so there the pool's
+ * threads only cost memory (~90 MiB of RSS under the soak). QCOW_MOUNT_INFLATE_THREADS overrides (0: none).
  */
-function inflateThreads(): number {
+function inflateThreads(backend: 'native' | 'compat'): number {
   const set = process.env.QCOW_MOUNT_INFLATE_THREADS;
   if (set !== undefined && set !== '' && Number.isInteger(Number(set))) return Math.max(0, Number(set));
-  return Math.min(4, Math.max(1, os.availableParallelism()));
+  const cores = os.availableParallelism();
+  if (backend === 'native' && cores < 3) return 0;
+  return Math.min(4, Math.max(1, cores));
 }
 
 /**
@@ -135,13 +139,15 @@ export function stderrLogger(): Logger {
  * by the background child.
  */
 export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger: Logger = stderrLogger()): Promise<void> {
+  // Chosen first: the inflate pool's size depends on it. A problem with it is reported after the image's.
+  const backend = fuseBackend(config.options.fuse, logger);
   let image: QcowImage;
   try {
     image = openImageSync(config.image, {
       ...config.openOptions,
       l2CacheBytes: config.options.l2CacheBytes,
       clusterCacheBytes: config.options.clusterCacheBytes,
-      inflateThreads: inflateThreads(),
+      inflateThreads: inflateThreads(typeof backend === 'string' ? backend : 'compat'),
       remote: { ...config.remote, cacheSize: config.options.remoteCacheBytes },
       passphrases: config.passphrases,
     });
@@ -171,7 +177,6 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   const ops = createFuseOps(tree, { uid, gid, debug: config.debug, logger, remote: image.remote !== undefined });
   const fdsBefore = new Set(fuseDeviceFds());
 
-  const backend = fuseBackend(config.options.fuse, logger);
   if (typeof backend !== 'string') {
     image.close();
     hooks.failed(backend.problem, EXIT.MOUNT);
