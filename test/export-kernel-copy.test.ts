@@ -4,10 +4,12 @@
  * exported that way and compared with QEMU's bytes, holes included; the host file each layer's data runs
  * are copied from is the right one, and none where the bytes need a transform (encryption).
  */
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { QcowError } from '../src/errors.js';
 import { openImage } from '../src/image.js';
 import { exportToPath } from '../src/export/export-to-path.js';
 import { kernelCopier } from '../src/export/kernel-copy.js';
@@ -122,6 +124,81 @@ describe.skipIf(!manifest || !haveAddon)('kernel-side copy against QEMU', () => 
       expect(kernelCopier(image.active)!.hostFile(0)).toBeUndefined();
     } finally {
       image.close();
+    }
+  });
+});
+
+/*
+ * The native copy reads 256 KiB windows from the start of each call (a 4 MiB chunk of a data run): with
+ * 512-byte clusters a run starts off the 4 KiB grid, so windows end inside output blocks (an external
+ * data file, so that QEMU stores the run in one piece, with no L2 tables in between). A QEMU-made image
+ * with zeros around those boundaries and across a chunk boundary, exported natively and by JavaScript:
+ * same bytes as `qemu-img convert`, and the same data/hole map of the output (`qemu-img map -f raw`,
+ * which asks the file system with SEEK_DATA/SEEK_HOLE).
+ */
+describe.skipIf(!haveQemu || !haveAddon)('native copy: window and chunk boundaries against QEMU', () => {
+  let dir: string;
+  let image: string;
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow-windows-'));
+    image = path.join(dir, 'c512.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `cluster_size=512,data_file=${image}.data`, image, '8M']);
+    const win = 256 * 1024;
+    const io = [
+      'write -P 0xa5 512 5M', // one run from guest 512: windows end at 512 + k * 256 KiB
+      `write -P 0 ${win} 4096`, // a whole zero block over the first window's end (262656)
+      `write -P 0 ${2 * win} 512`, // the block over the second window's end: zeros before it only
+      `write -P 0 ${3 * win + 512} 3584`, // the block over the third window's end: zeros after it only
+      'write -P 0 1M 64k', // a zero run inside the data
+      `write -P 0 ${4 * 1024 * 1024 - 4096} 8192`, // zeros over the 4 MiB chunk boundary
+      `write -P 0 ${5 * 1024 * 1024 - 3584} 4096`, // zeros up to the run's end
+      'write -P 0x5a 6M 300k', // a second run, data to its end
+    ];
+    execFileSync('qemu-io', ['-f', 'qcow2', ...io.flatMap((c) => ['-c', c]), image], { stdio: 'ignore' });
+  });
+  afterAll(() => {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const rawMap = (file: string) => JSON.parse(execFileSync('qemu-img', ['map', '--output=json', '-f', 'raw', file], { encoding: 'utf8' })) as unknown[];
+
+  for (const how of ['native', 'JavaScript'] as const) {
+    it(`${how}: bytes and holes as qemu-img convert's`, async () => {
+      const qemuOut = path.join(dir, 'qemu.raw');
+      if (!fs.existsSync(qemuOut)) execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', image, qemuOut]);
+      if (how === 'JavaScript') process.env.QCOW_EXPORT_KERNEL_COPY = '0';
+      const img = await openImage(image);
+      const out = path.join(dir, `${how}.raw`);
+      try {
+        // The point of the image: a run off the 4 KiB grid, longer than a chunk.
+        expect(img.active.extents(0, img.active.size).find((e) => e.kind === 'data')).toMatchObject({ start: 512, length: 5 * 1024 * 1024 });
+        await exportToPath(img.active, out);
+      } finally {
+        img.close();
+      }
+      expect(fs.readFileSync(out).equals(fs.readFileSync(qemuOut))).toBe(true);
+      const map = rawMap(out);
+      expect(map).toEqual(rawMap(qemuOut));
+      expect(map.length).toBeGreaterThan(6); // the holes are there to compare
+      fs.rmSync(out);
+    });
+  }
+
+  it('an image file that shrinks after it was opened: the copy stops, names the image, leaves no output', async () => {
+    const copy = path.join(dir, 'shrinks.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=65536', copy, '8M']);
+    execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0xa5 0 6M', copy], { stdio: 'ignore' });
+    const img = await openImage(copy);
+    const out = path.join(dir, 'shrinks.raw');
+    try {
+      fs.truncateSync(copy, fs.statSync(copy).size - 1024 * 1024); // inside the data
+      const err = await exportToPath(img.active, out).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(QcowError);
+      expect((err as QcowError).message).toContain(copy);
+      expect((err as QcowError).message).toContain('ends early');
+      expect(fs.readdirSync(dir).filter((f) => f.startsWith('shrinks.raw'))).toEqual([]);
+    } finally {
+      img.close();
     }
   });
 });

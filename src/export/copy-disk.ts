@@ -119,7 +119,7 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
     await step(pos + bytes.length);
   };
 
-  // Data runs stored as they are read go from the image file to the output file in the kernel, where
+  // Data runs stored as they are read go from the image file to the output file in the native addon, where
   // nothing needs their bytes here (no digest, no best-effort checks).
   const kernel = writer?.sparse && !hash && !bestEffort ? kernelCopier(disk) : undefined;
   // A digest is computed on this thread: reading on a worker meanwhile overlaps the two.
@@ -235,7 +235,7 @@ async function copyWithPool(
 type Task = { hole: boolean; pos: number; length: number; kind?: string; depth: number; host?: number };
 
 /**
- * A chunk of a data run copied kernel-side into the (fresh, truncated) output; bytes past the end of a
+ * A chunk of a data run copied by the native addon into the (fresh, truncated) output; bytes past the end of a
  * shorter host file are zeros there already. Returns the bytes copied.
  */
 function copyInKernel(kernel: KernelCopier, writer: Writer, file: HostFile, t: Task): number {

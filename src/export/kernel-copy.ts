@@ -1,10 +1,10 @@
 /**
- * Kernel-side copies for qcow-export: the bytes of a data run go from the host file (the image, its data
- * file, a raw backing file) straight into the output file with sendfile, in the native addon
- * (native/src/copy-range.c): one copy in the kernel instead of pread into a buffer and write out of it
- * (all-zero blocks are still found, by reading each window into a buffer that stays in the CPU cache).
- * Only for bytes stored as they are read (no decryption, no compression, no derived view); where the
- * addon is not built every run is read and written by JavaScript instead.
+ * Native copies for qcow-export: the bytes of a data run go from the host file (the image, its data
+ * file, a raw backing file) into the output file in the native addon (native/src/copy-range.c): pread
+ * into a buffer that stays in the CPU cache, all-zero blocks found there, pwrite of the rest, with no
+ * JavaScript, no thread-pool hop and no large buffer in between. Only for bytes stored as they are read
+ * (no decryption, no compression, no derived view); where the addon is not built every run is read and
+ * written by JavaScript instead.
  */
 import { createRequire } from 'node:module';
 import { HostFile } from '../io/host-file.js';
@@ -14,7 +14,7 @@ import { RawDisk } from '../disk/raw-disk.js';
 import { SliceDisk } from '../disk/slice-disk.js';
 
 interface Addon {
-  sendRange(outFd: number, outPos: number, inFd: number, inPos: number, length: number, sparseBlock: number): KernelCopied;
+  copyRange(outFd: number, outPos: number, inFd: number, inPos: number, length: number, sparseBlock: number): KernelCopied;
 }
 
 let addon: Addon | null | undefined;
@@ -37,7 +37,7 @@ export interface KernelCopied {
   written: number;
 }
 
-/** Copies data runs of one disk kernel-side; `hostOf` says where a data extent's bytes are. */
+/** Copies data runs of one disk natively; `hostFile` says where a data extent's bytes are. */
 export interface KernelCopier {
   /**
    * The host file holding the data extents of chain depth `depth`, if their bytes are served as stored
@@ -52,7 +52,7 @@ export interface KernelCopier {
 }
 
 /**
- * A copier for `disk`, or undefined where kernel copies are off: the addon is not built, or
+ * A copier for `disk`, or undefined where native copies are off: the addon is not built, or
  * QCOW_EXPORT_KERNEL_COPY=0 (for measurements and tests).
  */
 export function kernelCopier(disk: Disk): KernelCopier | undefined {
@@ -65,7 +65,7 @@ export function kernelCopier(disk: Disk): KernelCopier | undefined {
       if (!byDepth.has(depth)) byDepth.set(depth, hostFileAt(disk, depth));
       return byDepth.get(depth);
     },
-    copy: (outFd, outPos, file, inPos, length, sparseBlock) => a.sendRange(outFd, outPos, file.fd, inPos, length, sparseBlock),
+    copy: (outFd, outPos, file, inPos, length, sparseBlock) => a.copyRange(outFd, outPos, file.fd, inPos, length, sparseBlock),
   };
 }
 
