@@ -13,7 +13,10 @@ interface DCtx {
   decompressStream(dst: Uint8Array, src: Uint8Array): StreamResult;
   reset(directive: number): void;
 }
-const zstdBinding = require('zstd-napi/binding') as { DCtx: new () => DCtx; ResetDirective: { sessionOnly: number } };
+type ZstdBinding = { DCtx: new () => DCtx; ResetDirective: { sessionOnly: number } };
+// Loaded at the first zstd cluster: the binding costs 13-29 ms of start-up that a zlib or uncompressed
+// image never needs (bench/NOTES.md, qcow-export).
+let zstdBinding: ZstdBinding | undefined;
 
 /** A corrupt compressed cluster: the caller turns it into EIO naming the cluster. */
 export class DecompressError extends Error {}
@@ -51,6 +54,7 @@ function zlibCluster(src: Uint8Array, into: Uint8Array): void {
 }
 
 function zstdCluster(src: Uint8Array, into: Uint8Array): void {
+  zstdBinding ??= require('zstd-napi/binding') as ZstdBinding;
   dctx ??= new zstdBinding.DCtx();
   dctx.reset(zstdBinding.ResetDirective.sessionOnly);
   let inPos = 0;
