@@ -7,9 +7,12 @@
  * The kernel lists every lock in /proc/locks with the file's device and inode.
  *
  * Node cannot take an OFD lock itself (no fcntl without a native addon), so this only looks: a QEMU
- * that starts after the check is not seen, and QEMU does not see us.
+ * that starts after the check is not seen, and QEMU does not see us. Where the native addon is built it
+ * asks the kernel about that byte (F_OFD_GETLK, QEMU's own test): reading /proc/locks makes the kernel
+ * wait for an RCU grace period, 10-20 ms of every command's start on a machine like this one.
  */
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 
 const LOCK_PERM_BASE = 100;
 const PERM_WRITE_BIT = 1;
@@ -21,11 +24,48 @@ function lockKey(st: fs.Stats): { major: number; minor: number; inode: number } 
   return { major: Math.floor(dev / 256) & 0xfff, minor: (dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00), inode: st.ino };
 }
 
+interface LockProbe {
+  lockedByOthers(fd: number, byte: number): boolean;
+}
+let probe: LockProbe | null | undefined;
+
+function lockProbe(): LockProbe | null {
+  if (probe === undefined) {
+    try {
+      // Same depth from src/io (tsx, vitest) and dist/io (the installed commands).
+      probe = createRequire(import.meta.url)('../../native/build/Release/qcow_copy.node') as LockProbe;
+    } catch {
+      probe = null;
+    }
+  }
+  return probe;
+}
+
+/** Asks the kernel (F_OFD_GETLK); undefined where it cannot (no addon, no OFD locks, unreadable file). */
+function probeWriteByte(filePath: string): boolean | undefined {
+  const p = lockProbe();
+  if (!p) return undefined;
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(filePath, 'r');
+    return p.lockedByOthers(fd, QEMU_WRITE_LOCK_BYTE);
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
 /**
  * True when some process holds a lock covering QEMU's "write" permission byte of the file, i.e. a
- * running QEMU has it open for writing. `locksText` is /proc/locks (read when not given).
+ * running QEMU has it open for writing. `locksText` is /proc/locks (asked of the kernel directly, or
+ * read, when not given).
  */
 export function heldForWriting(filePath: string, locksText?: string): boolean {
+  if (locksText === undefined) {
+    const held = probeWriteByte(filePath);
+    if (held !== undefined) return held;
+  }
   let st: fs.Stats;
   let text: string;
   try {
