@@ -79,6 +79,27 @@ describe.runIf(haveNginx)('remote file over nginx', () => {
     }
   });
 
+  it('a reader of large pieces (qcow-export reads 4 MiB at a time) is fetched ahead in steps of its own reads', () => {
+    // 1 MiB reads of 64 KiB blocks: the first three reads (16 blocks each) ask for their own blocks (the
+    // third makes the reader sequential); from then on the window (4, 8 reads...) runs ahead of it. A
+    // window grown block by block (256 KiB, 512 KiB...) stayed smaller than one read and left each read
+    // asking for most of its blocks itself.
+    const f = RemoteFile.open(`${ng.url}/blob.bin`, { cacheSize: 8 * 1024 * 1024, blockSize: 64 * 1024 });
+    try {
+      const got = Buffer.alloc(data.length);
+      const step = 1024 * 1024;
+      for (let p = 0; p < data.length; p += step) f.readAt(got, p, Math.min(step, data.length - p), p, 'sequential');
+      expect(got.equals(data)).toBe(true);
+      const stats = f.remoteStats();
+      expect(stats.misses).toBe(48);
+      expect(stats.readAhead).toBe(Math.ceil(data.length / (64 * 1024)) - 48);
+      expect(stats.bytesFetched).toBe(data.length);
+      expect(stats.cacheBytes).toBeLessThanOrEqual(8 * 1024 * 1024);
+    } finally {
+      f.close();
+    }
+  });
+
   it('readWithoutWaiting: many reads at once in a small cache, each the file\'s bytes', async () => {
     // 16 blocks of 64 KiB: 24 reads of up to 256 KiB at once overfill it, so some wait for others' blocks.
     const f = RemoteFile.open(`${ng.url}/blob.bin`, { cacheSize: 1024 * 1024, blockSize: 64 * 1024 });
