@@ -54,6 +54,20 @@ describe.runIf(ready)('qcow-info and qcow-export by URL', () => {
     expect(fs.readFileSync(z).equals(fs.readFileSync(fixturePath('zstd-c2m/active.raw')))).toBe(true);
   });
 
+  it('qcow-export by URL leaves all-zero blocks of stored clusters as holes and equals QEMU output (prealloc-full)', () => {
+    const out = path.join(tmp, 'prealloc.raw');
+    const r = cli('qcow-export', ['-q', `${ng.url}/prealloc-full/disk.qcow2`, out]);
+    expect(r.status, r.stderr).toBe(0);
+    const oracle = fs.readFileSync(fixturePath('prealloc-full/active.raw'));
+    expect(fs.readFileSync(out).equals(oracle)).toBe(true);
+    // Every cluster is stored, most of them zeros: only the 4 KiB blocks that hold data take space.
+    const zero = Buffer.alloc(4096);
+    let nonZero = 0;
+    for (let at = 0; at < oracle.length; at += 4096) if (!oracle.subarray(at, at + 4096).equals(zero)) nonZero += 4096;
+    expect(nonZero).toBeLessThan(oracle.length / 4);
+    expect(fs.statSync(out).blocks * 512).toBeLessThanOrEqual(nonZero + 64 * 1024);
+  });
+
   it('qcow-info --json shows the redacted URL, the server size and validators, and agrees with qemu-img info', () => {
     const r = cli('qcow-info', ['--json', '--header', 'X-Token: SECRET-123', `${ng.url}/chain-subdir/vm/top.qcow2?${SECRET}`]);
     expect(r.status, r.stderr).toBe(0);

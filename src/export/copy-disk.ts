@@ -370,7 +370,8 @@ async function writeNonZero(writer: Writer, bytes: Buffer, pos: number, zeros: B
   let at = 0;
   while (at < n) {
     const blockEnd = Math.min(n, at + SPARSE_BLOCK_BYTES - ((pos + at) % SPARSE_BLOCK_BYTES));
-    const zero = bytes.compare(zeros, 0, blockEnd - at, at, blockEnd) === 0;
+    // A block of data rarely starts or ends with a zero byte: those two looks spare most compares.
+    const zero = bytes[at] === 0 && bytes[blockEnd - 1] === 0 && bytes.compare(zeros, 0, blockEnd - at, at, blockEnd) === 0;
     if (!zero && runStart < 0) runStart = at;
     else if (zero && runStart >= 0) {
       await writer.write(bytes.subarray(runStart, at), pos + runStart);
