@@ -24,6 +24,12 @@ import { WORKLOADS } from './workloads.js';
 const IMAGE_NAME = 'remote-256m.qcow2';
 const IMAGE_SIZE = 256 * MiB;
 const EXPORT_TIMEOUT_MS = 150_000;
+/**
+ * QEMU 7.2's curl driver hangs for good when several requests are in flight (qemu-img convert's default
+ * 8 coroutines; see bench/NOTES.md): a QEMU run that takes this long is a stall, not a slow run (a whole
+ * export takes at most ~7 s here even at 20 ms with one coroutine).
+ */
+const QEMU_STALL_MS = 40_000;
 const WORKLOAD_TIMEOUT_MS = 60_000;
 /**
  * QEMU's curl driver gives up on a request after 5 s by default, and under load (this 2-core machine
@@ -50,8 +56,17 @@ export interface RemoteRow {
   workload: string;
   latencyMs: number;
   metric: string;
+  /** Medians of the runs that finished (a stalled QEMU run is left out and counted in qemuStalls). */
   ours: number;
+  oursRange: [number, number];
   qemu: number;
+  qemuRange: [number, number];
+  /** Which QEMU configuration `qemu` is: the faster median of those that finished. */
+  qemuConfig: string;
+  /** Other QEMU configurations measured for the same workload, and how each fared. */
+  qemuOthers: string[];
+  qemuStalls: number;
+  qemuRuns: number;
   /** Peak resident memory of our daemon after the workload (KiB). */
   oursHwmKiB?: number;
 }
@@ -153,16 +168,18 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
         const url = `${base}/${IMAGE_NAME}`;
         // Under latency QEMU's curl driver is slow: sequential jobs read a smaller window.
         const seqBytes = latency > 0 ? 64 * MiB : IMAGE_SIZE;
-        const figures = new Map<string, { ours: number[]; qemu: number[]; hwm: number[] }>();
+        // Per workload: each peer's figures (undefined: a QEMU run that stalled) and our peak RSS.
+        const figures = new Map<string, { by: Map<string, (number | undefined)[]>; hwm: number[] }>();
         const others = new Map<string, number[]>();
-        const note = (w: string, who: string, v: number, hwm?: number) => {
-          if (who !== 'ours' && who !== 'qemu') {
+        const variantNames = new Set(Object.keys(opt.variants ?? {}));
+        const note = (w: string, who: string, v: number | undefined, hwm?: number) => {
+          if (variantNames.has(who)) {
             const key = `${latency} ms ${who} ${w}`;
-            others.set(key, [...(others.get(key) ?? []), v]);
+            others.set(key, [...(others.get(key) ?? []), v ?? 0]);
             return;
           }
-          const f = figures.get(w) ?? { ours: [], qemu: [], hwm: [] };
-          f[who].push(v);
+          const f = figures.get(w) ?? { by: new Map<string, (number | undefined)[]>(), hwm: [] as number[] };
+          f.by.set(who, [...(f.by.get(who) ?? []), v]);
           if (hwm !== undefined) f.hwm.push(hwm);
           figures.set(w, f);
         };
@@ -193,8 +210,8 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
                   log(`remote ${latency} ms ${who} ${w.id}: ${r.value.toFixed(1)} ${w.metric}`);
                 } catch (err) {
                   if (!stalled) throw err;
-                  note(w.id, who, 0);
-                  log(`remote ${latency} ms ${who} ${w.id}: stalled for ${WORKLOAD_TIMEOUT_MS / 1000} s, killed: counted as 0`);
+                  note(w.id, who, undefined);
+                  log(`remote ${latency} ms ${who} ${w.id}: stalled for ${WORKLOAD_TIMEOUT_MS / 1000} s, killed (counted as a stall, not a figure)`);
                   break;
                 } finally {
                   clearTimeout(timer);
@@ -204,22 +221,28 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
               await m.stop();
             }
           }
-          // Export of the whole image.
-          for (const who of order) {
+          // Export of the whole image. QEMU twice: qemu-img convert as it comes (8 coroutines) and with
+          // -m 1 (one coroutine: its curl driver then never stalled here).
+          const exporters = [...order.filter((w) => w !== 'qemu'), ...(round % 2 ? ['qemu-m1', 'qemu'] : ['qemu', 'qemu-m1'])];
+          if (round % 2) exporters.reverse();
+          for (const who of exporters) {
             const out = path.join(MOUNTS, `remote-export-${who}.raw`);
             fs.rmSync(out, { force: true });
-            const t0 = process.hrtime.bigint();
+            // Dirty pages of the previous run's output slow the next writer (here by up to 0.7 s per
+            // 256 MiB): flushed first, outside the timing, for every peer alike.
+            await runOk('sync', []);
             await warm(image);
-            // Bounded: QEMU 7.2's curl driver was seen to stall for good (connections in CLOSE-WAIT).
-            const r =
-              who !== 'qemu'
-                ? await run(process.execPath, [cliOf(who, 'qcow-export.js'), '-q', '-f', url, out], { timeoutMs: EXPORT_TIMEOUT_MS })
-                : await run('qemu-img', ['convert', '-O', 'raw', `json:${JSON.stringify({ file: { driver: url.startsWith('https:') ? 'https' : 'http', url, timeout: QEMU_CURL_TIMEOUT_S } })}`, out], { timeoutMs: EXPORT_TIMEOUT_MS });
+            const t0 = process.hrtime.bigint();
+            const qemuJson = `json:${JSON.stringify({ file: { driver: url.startsWith('https:') ? 'https' : 'http', url, timeout: QEMU_CURL_TIMEOUT_S } })}`;
+            const r = !who.startsWith('qemu')
+              ? await run(process.execPath, [cliOf(who, 'qcow-export.js'), '-q', '-f', url, out], { timeoutMs: EXPORT_TIMEOUT_MS })
+              : await run('qemu-img', ['convert', ...(who === 'qemu-m1' ? ['-m', '1'] : []), '-O', 'raw', qemuJson, out], { timeoutMs: QEMU_STALL_MS });
             const s = Number(process.hrtime.bigint() - t0) / 1e9;
             fs.rmSync(out, { force: true });
             if (r.code !== 0) {
-              log(`remote ${latency} ms ${who} export did not finish (${r.signal ? `killed after ${EXPORT_TIMEOUT_MS / 1000} s` : r.stderr.trim()}): counted as 0`);
-              note('export', who, 0);
+              if (!who.startsWith('qemu') || !r.signal) throw new Error(`remote ${latency} ms ${who} export failed: ${r.stderr.trim()}`);
+              log(`remote ${latency} ms ${who} export stalled (killed after ${QEMU_STALL_MS / 1000} s): counted as a stall, not a figure`);
+              note('export', who, undefined);
               continue;
             }
             note('export', who, IMAGE_SIZE / 1e6 / s);
@@ -228,14 +251,28 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
         }
         for (const [key, values] of others) log(`remote ${key}: median ${median(values).toFixed(1)} [${Math.min(...values).toFixed(1)}-${Math.max(...values).toFixed(1)}]`);
         for (const [w, f] of figures) {
+          const done = (who: string) => (f.by.get(who) ?? []).filter((v): v is number => v !== undefined);
+          const ours = done('ours');
+          // The QEMU configuration to compare with: the faster median of those that finished at all.
+          const configs = [...f.by.keys()].filter((k) => k.startsWith('qemu'));
+          const best = configs.filter((k) => done(k).length > 0).sort((a, b) => median(done(b)) - median(done(a)))[0];
+          const describe = (k: string) => `${QEMU_CONFIG[k] ?? k}: ${done(k).length ? `${median(done(k)).toFixed(1)} [${Math.min(...done(k)).toFixed(1)}-${Math.max(...done(k)).toFixed(1)}]` : '-'}, stalled ${f.by.get(k)!.length - done(k).length} of ${f.by.get(k)!.length}`;
+          const q = best ? done(best) : [0];
           rows.push({
             workload: w,
             latencyMs: latency,
             metric: w === 'rand-4k-1' ? 'IOPS' : 'MB/s',
-            ours: median(f.ours),
-            qemu: median(f.qemu),
+            ours: median(ours),
+            oursRange: [Math.min(...ours), Math.max(...ours)],
+            qemu: median(q),
+            qemuRange: [Math.min(...q), Math.max(...q)],
+            qemuConfig: best ? (QEMU_CONFIG[best] ?? best) : 'every run stalled',
+            qemuOthers: configs.map(describe),
+            qemuStalls: configs.reduce((n, k) => n + f.by.get(k)!.length - done(k).length, 0),
+            qemuRuns: configs.reduce((n, k) => n + f.by.get(k)!.length, 0),
             oursHwmKiB: f.hwm.length ? Math.max(...f.hwm) : undefined,
           });
+          log(`remote ${latency} ms ${w}: ours ${median(ours).toFixed(1)} [${Math.min(...ours).toFixed(1)}-${Math.max(...ours).toFixed(1)}]; ${configs.map(describe).join('; ')}`);
         }
       } finally {
         proxy?.stop();
@@ -248,21 +285,30 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
   return rows;
 }
 
+/** The QEMU configurations, as the table names them. */
+const QEMU_CONFIG: Record<string, string> = {
+  qemu: 'QEMU curl (qsd / qemu-img convert)',
+  'qemu-m1': 'qemu-img convert -m 1',
+};
+
 export function renderRemote(rows: RemoteRow[], opt: RemoteBenchOptions): string {
   const lines = [
     '## Remote images (HTTP): qcow-mount / qcow-export URL vs QEMU\'s curl driver',
     '',
-    `Image: ${IMAGE_SIZE / MiB} MiB of random data in a qcow2 (64 KiB clusters) served by nginx on 127.0.0.1; latency added ${opt.netem ? 'with tc netem on lo' : 'by a delaying TCP proxy (each direction)'}; medians of ${opt.rounds} rounds; qcow-mount -o remote_cache_size=${opt.cacheSize}. Peers: qemu-storage-daemon (http blockdev, FUSE export) for the mounted file, qemu-img convert -O raw for export.`,
+    `Image: ${IMAGE_SIZE / MiB} MiB of random data in a qcow2 (64 KiB clusters) served by nginx on 127.0.0.1; latency added ${opt.netem ? 'with tc netem on lo' : 'by a delaying TCP proxy (each direction)'}; medians [min-max] of ${opt.rounds} rounds; qcow-mount -o remote_cache_size=${opt.cacheSize}. Peers: qemu-storage-daemon (http blockdev, FUSE export) for the mounted file; qemu-img convert -O raw, as it comes (8 coroutines) and with -m 1, for export. A QEMU run that stalled for good is left out of its median and counted; the ratio is against the faster QEMU configuration that finished.`,
     '',
-    '| workload | added latency | qcow-mount | QEMU curl | ratio | our daemon peak RSS |',
-    '|---|---|---|---|---|---|',
+    '| workload | added latency | ours | QEMU (configuration) | ratio | QEMU stalls | our peak RSS |',
+    '|---|---|---|---|---|---|---|',
   ];
+  const f = (v: number) => v.toFixed(1);
   for (const r of rows) {
     const hwm = r.oursHwmKiB !== undefined ? `${Math.round(r.oursHwmKiB / KiB)} MiB` : '';
-    // A peer that stalled in most rounds has a median of 0: no ratio then.
-    const ratio = r.qemu > 0 ? `${(r.ours / r.qemu).toFixed(2)}x` : 'QEMU stalled';
-    lines.push(`| ${r.workload} | ${r.latencyMs} ms | ${r.ours.toFixed(1)} ${r.metric} | ${r.qemu.toFixed(1)} ${r.metric} | ${ratio} | ${hwm} |`);
+    const ratio = r.qemu > 0 ? `${(r.ours / r.qemu).toFixed(2)}x` : 'QEMU stalled every run';
+    lines.push(
+      `| ${r.workload} | ${r.latencyMs} ms | ${f(r.ours)} [${f(r.oursRange[0])}-${f(r.oursRange[1])}] ${r.metric} | ${f(r.qemu)} [${f(r.qemuRange[0])}-${f(r.qemuRange[1])}] (${r.qemuConfig}) | ${ratio} | ${r.qemuStalls} of ${r.qemuRuns} | ${hwm} |`,
+    );
   }
+  lines.push('', ...rows.map((r) => `- ${r.workload}, ${r.latencyMs} ms: ${r.qemuOthers.join('; ')}`));
   return `${lines.join('\n')}\n`;
 }
 
