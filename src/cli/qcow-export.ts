@@ -21,6 +21,13 @@ import { type ImageCliOptions, addImageOptions, openOptionsFrom, warnProblems, w
 
 const PROG = 'qcow-export';
 const HASHES = ['sha256', 'sha1', 'md5', 'sha512'] as const;
+/**
+ * An export reads each block of a remote image once, so its block cache only needs to hold the read-ahead
+ * window (a quarter of the cache: 16 MiB). Against the mount's 256 MiB default, a 256 MiB image exported
+ * from nginx on loopback took 849 against 947 ms (median of 5; fresh memory is what the bigger cache
+ * costs) and the same at 20 ms latency (1223 against 1234 ms); 32 MiB was slower there (1659 ms).
+ */
+const EXPORT_REMOTE_CACHE_SIZE = 64 * 1024 * 1024;
 
 interface Options extends RemoteCliOptions, ImageCliOptions {
   snapshot?: string;
@@ -93,7 +100,7 @@ async function main(argv: string[]): Promise<number> {
   if (output === '-' && isatty(1)) throw new CliError('standard output is a terminal; redirect it to a file or a pipe (or give an OUTPUT file)', EXIT.USAGE);
 
   const keys = keyOptions(opts.keyFile);
-  const openOptions = { ...openOptionsFrom(opts), remote: remoteOpenOptions(opts) };
+  const openOptions = { ...openOptionsFrom(opts), remote: remoteOpenOptions(opts, EXPORT_REMOTE_CACHE_SIZE) };
   let image;
   try {
     image = await openImage(imagePath, { ...openOptions, ...keys }).catch((err: unknown) => {
