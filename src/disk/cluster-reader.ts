@@ -13,6 +13,9 @@ import type { Run } from '../translate/qcow2-map.js';
  * of an encrypted image are decrypted per 512-byte sector (compressed clusters never are: QEMU stores
  * them in the clear and inflates them without decrypting).
  */
+/** zstd clusters go to the inflate pool only from this many worker threads (see inflateAhead). */
+export const ZSTD_POOL_MIN_THREADS = 3;
+
 export class ClusterReader {
   constructor(
     /** Where guest data lives: the external data file, or the qcow2 file. */
@@ -115,7 +118,7 @@ export class ClusterReader {
     // zstd inflates a 64 KiB cluster in ~60 us, zlib in ~130 us. On 2 cores, through FUSE, handing
     // clusters to workers gained 9-28% for zlib but cost 2-10% for zstd (the cores are busy already);
     // so zstd goes to workers only where there are cores to spare.
-    if (this.compressionType === 'zstd' && pool.threads < 3) return;
+    if (this.compressionType === 'zstd' && pool.threads < ZSTD_POOL_MIN_THREADS) return;
     const key = fileOffsetKey(this.dataFile.id, run.host);
     if (pool.has(key) || this.caches.clusters.has(key) || run.host >= this.dataFile.size) return;
     if (pool.size >= pool.maxJobs) pool.harvest((k, c) => this.caches.clusters.set(k, c));

@@ -6,36 +6,12 @@
  * (no decryption, no compression, no derived view); where the addon is not built every run is read and
  * written by JavaScript instead.
  */
-import { createRequire } from 'node:module';
+import { type CopiedRange, copyAddon } from '../io/copy-addon.js';
 import { HostFile } from '../io/host-file.js';
 import type { Disk } from '../disk/disk.js';
 import { MappedDisk } from '../disk/qcow2-disk.js';
 import { RawDisk } from '../disk/raw-disk.js';
 import { SliceDisk } from '../disk/slice-disk.js';
-
-interface Addon {
-  copyRange(outFd: number, outPos: number, inFd: number, inPos: number, length: number, sparseBlock: number): KernelCopied;
-}
-
-let addon: Addon | null | undefined;
-
-function loadAddon(): Addon | null {
-  if (addon !== undefined) return addon;
-  try {
-    // Same depth from src/export (tsx, vitest) and dist/export (the installed CLI).
-    addon = createRequire(import.meta.url)('../../native/build/Release/qcow_copy.node') as Addon;
-  } catch {
-    addon = null;
-  }
-  return addon;
-}
-
-export interface KernelCopied {
-  /** Bytes of the range done: fewer only where the host file ends. */
-  covered: number;
-  /** Bytes written: all-zero blocks are left as holes. */
-  written: number;
-}
 
 /** Copies data runs of one disk natively; `hostFile` says where a data extent's bytes are. */
 export interface KernelCopier {
@@ -48,7 +24,7 @@ export interface KernelCopier {
    * Copies `length` bytes at `inPos` of `file` to the fresh (truncated) file `outFd` at `outPos`; all-zero
    * blocks of `sparseBlock` bytes (aligned to the output offset) are left as holes.
    */
-  copy(outFd: number, outPos: number, file: HostFile, inPos: number, length: number, sparseBlock: number): KernelCopied;
+  copy(outFd: number, outPos: number, file: HostFile, inPos: number, length: number, sparseBlock: number): CopiedRange;
 }
 
 /**
@@ -57,7 +33,7 @@ export interface KernelCopier {
  */
 export function kernelCopier(disk: Disk): KernelCopier | undefined {
   if (process.env.QCOW_EXPORT_KERNEL_COPY === '0') return undefined;
-  const a = loadAddon();
+  const a = copyAddon();
   if (!a) return undefined;
   const byDepth = new Map<number, HostFile | undefined>();
   return {

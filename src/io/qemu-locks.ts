@@ -12,7 +12,7 @@
  * wait for an RCU grace period, 10-20 ms of every command's start on a machine like this one.
  */
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
+import { copyAddon } from './copy-addon.js';
 
 const LOCK_PERM_BASE = 100;
 const PERM_WRITE_BIT = 1;
@@ -24,26 +24,9 @@ function lockKey(st: fs.Stats): { major: number; minor: number; inode: number } 
   return { major: Math.floor(dev / 256) & 0xfff, minor: (dev & 0xff) | (Math.floor(dev / 4096) & 0xfff00), inode: st.ino };
 }
 
-interface LockProbe {
-  lockedByOthers(fd: number, byte: number): boolean;
-}
-let probe: LockProbe | null | undefined;
-
-function lockProbe(): LockProbe | null {
-  if (probe === undefined) {
-    try {
-      // Same depth from src/io (tsx, vitest) and dist/io (the installed commands).
-      probe = createRequire(import.meta.url)('../../native/build/Release/qcow_copy.node') as LockProbe;
-    } catch {
-      probe = null;
-    }
-  }
-  return probe;
-}
-
 /** Asks the kernel (F_OFD_GETLK); undefined where it cannot (no addon, no OFD locks, unreadable file). */
 function probeWriteByte(filePath: string): boolean | undefined {
-  const p = lockProbe();
+  const p = copyAddon();
   if (!p) return undefined;
   let fd: number | undefined;
   try {

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import os from 'node:os';
+import { ZSTD_POOL_MIN_THREADS } from '../disk/cluster-reader.js';
 import { openImageSync } from '../image.js';
 import type { OpenOptions, QcowImage, RemoteOpenOptions } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
@@ -57,15 +58,14 @@ export interface DaemonHooks {
  * Worker threads inflating compressed clusters ahead of sequential readers: one per core, at most 4
  * (on 2 cores, 1 thread gained nothing through FUSE and 2 gained 15-20% on zlib: the JS thread mostly
  * waits). None on the native back-end below 3 cores: its worker threads inflate zlib clusters in C,
- * and the pool takes zstd only from 3 cores (ClusterReader.inflateAhead), so there the pool's
+ * and the pool takes zstd only from 3 threads (ZSTD_POOL_MIN_THREADS), so there the pool's
  * threads only cost memory (~90 MiB of RSS under the soak). QCOW_MOUNT_INFLATE_THREADS overrides (0: none).
  */
 function inflateThreads(backend: 'native' | 'compat'): number {
   const set = process.env.QCOW_MOUNT_INFLATE_THREADS;
   if (set !== undefined && set !== '' && Number.isInteger(Number(set))) return Math.max(0, Number(set));
-  const cores = os.availableParallelism();
-  if (backend === 'native' && cores < 3) return 0;
-  return Math.min(4, Math.max(1, cores));
+  const threads = Math.min(4, Math.max(1, os.availableParallelism()));
+  return backend === 'native' && threads < ZSTD_POOL_MIN_THREADS ? 0 : threads;
 }
 
 /**
