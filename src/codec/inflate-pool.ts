@@ -1,5 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import type { CompressionType } from '../format/header.js';
+import { workerScript } from '../package-files.js';
 
 const PENDING = 0;
 const DONE = 1;
@@ -105,7 +106,7 @@ export class InflatePool {
   private worker(): Worker | undefined {
     if (this.workers.length < this.threads) {
       try {
-        const w = new Worker(new URL('./inflate-worker.js', import.meta.url));
+        const w = new Worker(workerScript('codec/inflate-worker'));
         w.unref();
         w.on('error', () => this.fail());
         w.on('exit', () => this.fail());

@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { QcowError, type QcowErrorCode } from '../errors.js';
 import type { OpenOptions } from '../image.js';
+import { workerScript } from '../package-files.js';
 
 /** How a worker finds the view again: the image, how it was opened, and which view. */
 export interface ViewSpec {
@@ -44,7 +45,7 @@ export class ReadPool {
   private failed: Error | undefined;
 
   constructor(spec: ViewSpec, count: number) {
-    const url = new URL('./read-worker.js', import.meta.url);
+    const url = workerScript('export/read-worker');
     for (let i = 0; i < count; i++) {
       const worker = new Worker(url, { workerData: spec });
       const slot = { worker, busy: 0 };

@@ -3,6 +3,7 @@
  * stored data runs and the live-image lock probe. It loads without libfuse, apart from the FUSE back-end.
  */
 import { createRequire } from 'node:module';
+import { nativeAddonPath } from '../package-files.js';
 
 export interface CopiedRange {
   /** Bytes of the range done: fewer only where the host file ends. */
@@ -24,8 +25,7 @@ let addon: CopyAddon | null | undefined;
 export function copyAddon(): CopyAddon | null {
   if (addon === undefined) {
     try {
-      // Same depth from src/io (tsx, vitest) and dist/io (the installed commands).
-      addon = createRequire(import.meta.url)('../../native/build/Release/qcow_copy.node') as CopyAddon;
+      addon = createRequire(import.meta.url)(nativeAddonPath('qcow_copy')) as CopyAddon;
     } catch {
       addon = null;
     }

@@ -16,6 +16,7 @@ import {
   controlMessage,
 } from './remote-protocol.js';
 import { parseRemoteUrl, redactText, redactUrl } from './remote-url.js';
+import { workerScript } from '../package-files.js';
 
 export const DEFAULT_REMOTE_CACHE_SIZE = 256 * 1024 * 1024;
 export const DEFAULT_REMOTE_BLOCK_SIZE = 256 * 1024;
@@ -456,11 +457,11 @@ class RemoteClient {
 }
 
 /**
- * The worker is remote-worker.js beside this file; run from the TypeScript sources (tests, tsx), it is
- * the .ts file, loaded through tsx.
+ * The worker is the built remote-worker.js (where: ../package-files.ts); run from the TypeScript sources
+ * (tests, tsx), it is remote-worker.ts beside this file, loaded through tsx.
  */
 function startWorker(): Worker {
-  const js = new URL('./remote-worker.js', import.meta.url);
+  const js = workerScript('io/remote-worker');
   if (fs.existsSync(js)) return new Worker(js);
   const ts = new URL('./remote-worker.ts', import.meta.url);
   const boot = `import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(ts.href)}); })`;

@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import { nativeAddonPath } from '../package-files.js';
 import type { SectorCipherParams } from '../codec/sector-cipher.js';
 import type { Logger } from './fuse-ops.js';
 import { FUSE_SUBTYPE } from './system.js';
@@ -42,8 +43,7 @@ function loadAddon(): Addon | null {
   if (addon !== undefined) return addon;
   try {
     const require = createRequire(import.meta.url);
-    // Same depth from src/mount (tsx, vitest) and dist/mount (the installed CLI).
-    addon = require('../../native/build/Release/qcow_fuse3.node') as Addon;
+    addon = require(nativeAddonPath('qcow_fuse3')) as Addon;
   } catch (err) {
     addon = null;
     const why = (err as Error).message.split('\n')[0] ?? String(err);
