@@ -3,19 +3,17 @@
  * running a main function that reports any error as one line with its exit code (see ../exit.ts).
  */
 import fs from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
+import { packageRoot } from '../package-files.js';
 
 let cachedVersion: string | undefined;
 
-/** The package version (src/cli and dist/cli are both two levels below the package root). */
+/** The package version, from package.json. */
 export function packageVersion(): string {
   if (cachedVersion) return cachedVersion;
   try {
-    const here = path.dirname(fileURLToPath(import.meta.url));
-    const pkg = JSON.parse(fs.readFileSync(path.join(here, '..', '..', 'package.json'), 'utf8')) as { version?: string };
+    const pkg = JSON.parse(fs.readFileSync(new URL('package.json', packageRoot), 'utf8')) as { version?: string };
     cachedVersion = pkg.version ?? '0.0.0';
   } catch {
     cachedVersion = '0.0.0';

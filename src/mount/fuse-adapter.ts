@@ -4,7 +4,7 @@
  */
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import Fuse from 'fuse-native';
+import type Fuse from 'fuse-native';
 import type { FuseOps } from './fuse-ops.js';
 import { FUSE_SUBTYPE } from './system.js';
 
@@ -41,7 +41,10 @@ export interface MountedFuse {
  */
 export function mountFuse(mountPoint: string, ops: FuseOps, options: AdapterOptions): Promise<MountedFuse> {
   const cache = options.cacheSeconds ?? 3600;
-  const fuse = new Fuse(mountPoint, ops, {
+  // Required here, not imported: its addon (and libfuse 2) is loaded only by a compat mount, never by a
+  // native one or by the command's start (a bundle hoists every import of an external package).
+  const FuseNative = createRequire(import.meta.url)('fuse-native') as typeof Fuse;
+  const fuse = new FuseNative(mountPoint, ops, {
     timeout: false,
     force: false, // the CLI checks the mount point itself; never unmount something found there
     mkdir: false,
