@@ -1,7 +1,7 @@
 /**
  * The way the README puts the commands on PATH works: `npm pack`, install the tarball into a temporary
- * prefix, then `qcow-mount --version` and a real mount through the installed command, with the bytes
- * read through it equal to QEMU's.
+ * prefix, then `qcow-mount --version`, a real mount and a `qcow-export` through the installed commands
+ * (the bundles of dist/cli), with the bytes read through them equal to QEMU's.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -78,5 +78,23 @@ describe.skipIf(!ready)('installed from the packed tarball', () => {
       expect(u.status, u.stderr).toBe(0);
     }
     expect(isMounted(mnt)).toBe(false);
+  });
+
+  it("exports a view through the installed qcow-export; the bytes equal QEMU's", () => {
+    const f = loadManifest().images.find((i) => i.name === 'v3-c64k')!;
+    const view = f.views.find((v) => v.view === 'active')!;
+    const out = scratch.path('export.raw');
+    const env = { ...scratch.env(), PATH: `${bin}:${process.env.PATH}` };
+    const r = spawnSync('qcow-export', ['-q', fixturePath(f.image), out], { env, encoding: 'utf8', timeout: 90_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(fs.readFileSync(out).equals(fs.readFileSync(fixturePath(view.oracle!)))).toBe(true);
+  });
+
+  it('installed the bundles: one file per command, the worker scripts beside them', () => {
+    const cli = path.join(prefix, 'lib', 'node_modules', pkg.name, 'dist', 'cli');
+    const files = fs.readdirSync(cli).filter((f) => f.endsWith('.js')).sort();
+    expect(files).toEqual([...Object.keys(pkg.bin).map((c) => `${c}.js`), 'inflate-worker.js', 'read-worker.js', 'remote-worker.js'].sort());
+    // Bundled, so not installed: the commands' pure-JS dependencies.
+    expect(fs.existsSync(path.join(prefix, 'lib', 'node_modules', pkg.name, 'node_modules', 'commander'))).toBe(false);
   });
 });

@@ -1,0 +1,156 @@
+/**
+ * The commands as `npm run build` bundles them (scripts/bundle.mjs): each command one file in dist/cli,
+ * its worker scripts bundled beside it and working, its native addons found from there (and only loaded
+ * where needed).
+ */
+import { type SpawnSyncReturns, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import zlib from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fixturePath, fixturesReady, loadManifest, repoRoot } from './support/fixtures.js';
+import { toolsAvailable } from './support/tools.js';
+
+const CLI = path.join(repoRoot, 'dist/cli');
+const COMMANDS = ['qcow-mount', 'qcow-info', 'qcow-export', 'qcow-diff'];
+const bin = (cmd: string) => path.join(CLI, `${cmd}.js`);
+for (const cmd of COMMANDS) if (!fs.existsSync(bin(cmd))) throw new Error(`${bin(cmd)} is missing: run \`npm run build\` first (npm test does)`);
+
+const haveQemu = toolsAvailable('qemu-img');
+const manifest = haveQemu && fixturesReady() ? loadManifest() : undefined;
+const plain = () => manifest!.images.find((i) => i.name === 'v3-c64k')!;
+const oracle = (name: string) => fixturePath(manifest!.images.find((i) => i.name === name)!.views.find((v) => v.view === 'active')!.oracle!);
+
+let tmp: string;
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow-bundle-'));
+});
+afterAll(() => {
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+describe('one file per command', () => {
+  it('the bin entries are the bundles: executable, no module of ours imported beside them', () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { bin: Record<string, string>; files: string[] };
+    expect(Object.keys(pkg.bin).sort()).toEqual([...COMMANDS].sort());
+    for (const cmd of COMMANDS) {
+      expect(pkg.bin[cmd]).toBe(`./dist/cli/${cmd}.js`);
+      expect(fs.statSync(bin(cmd)).mode & 0o111, cmd).not.toBe(0);
+      const js = fs.readFileSync(bin(cmd), 'utf8');
+      expect(js.startsWith('#!/usr/bin/env node\n'), cmd).toBe(true);
+      // Only Node's built-ins and the packages with native addons (loaded at run time) stay outside.
+      const imported = [...js.matchAll(/^import .* from ["']([^"']+)["'];?$/gm)].map((m) => m[1]);
+      expect(imported.filter((m) => !m!.startsWith('node:')), cmd).toEqual([]);
+      expect(js, cmd).not.toMatch(/\bimport\(["']\.\.?\//);
+      expect(fs.existsSync(`${bin(cmd)}.map`), `${cmd}.js.map`).toBe(true);
+    }
+  });
+
+  it('every worker script a command starts is bundled beside it', () => {
+    const started = new Set<string>();
+    for (const cmd of COMMANDS) for (const m of fs.readFileSync(bin(cmd), 'utf8').matchAll(/workerScript\("([^"]+)"\)/g)) started.add(m[1]!);
+    expect([...started].sort()).toEqual(['codec/inflate-worker', 'export/read-worker', 'io/remote-worker']);
+    for (const w of started) expect(fs.existsSync(path.join(CLI, `${path.basename(w)}.js`)), w).toBe(true);
+  });
+
+  it('the source map names the source files', () => {
+    const map = JSON.parse(fs.readFileSync(`${bin('qcow-export')}.map`, 'utf8')) as { sources: string[] };
+    expect(map.sources).toContain('../../src/cli/qcow-export.ts');
+    expect(map.sources).toContain('../../src/export/copy-disk.ts');
+  });
+});
+
+describe.skipIf(!manifest)('the bundled worker scripts', () => {
+  it('inflate-worker inflates a zlib cluster', async () => {
+    const data = Buffer.alloc(65536);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 7) % 251;
+    const src = zlib.deflateRawSync(data);
+    const state = new SharedArrayBuffer(4);
+    const out = new SharedArrayBuffer(data.length);
+    const w = new Worker(path.join(CLI, 'inflate-worker.js'));
+    try {
+      const srcCopy = new ArrayBuffer(src.length);
+      new Uint8Array(srcCopy).set(src);
+      w.postMessage({ type: 'zlib', src: srcCopy, state, out });
+      const flag = new Int32Array(state);
+      // The worker flags the job in shared memory (no message): wait for the flag, as the pool does.
+      expect(Atomics.wait(flag, 0, 0, 10_000)).not.toBe('timed-out');
+      expect(Atomics.load(flag, 0)).toBe(1); // DONE
+      expect(Buffer.from(out).equals(data)).toBe(true);
+    } finally {
+      await w.terminate();
+    }
+  });
+
+  it("read-worker reads a view; the bytes equal QEMU's", async () => {
+    const f = plain();
+    const expected = fs.readFileSync(oracle(f.name));
+    const length = Math.min(expected.length, 1 << 20);
+    const w = new Worker(path.join(CLI, 'read-worker.js'), { workerData: { imagePath: fixturePath(f.image) } });
+    try {
+      const reply = await new Promise<{ buffer: ArrayBuffer; got?: number; error?: { message: string } }>((resolve, reject) => {
+        w.once('message', resolve);
+        w.once('error', reject);
+        w.postMessage({ id: 1, position: 0, length, buffer: new ArrayBuffer(length) });
+      });
+      expect(reply.error).toBeUndefined();
+      expect(reply.got).toBe(length);
+      expect(Buffer.from(reply.buffer).equals(expected.subarray(0, length))).toBe(true);
+    } finally {
+      await w.terminate();
+    }
+  });
+});
+
+describe('package files in the unbundled layouts', () => {
+  it('the library as tsc built it (dist/) finds its worker scripts and addons', async () => {
+    const lib = (await import(path.join(repoRoot, 'dist/package-files.js'))) as typeof import('../src/package-files.js');
+    expect(fileURLToPath(lib.packageRoot)).toBe(`${repoRoot}/`);
+    for (const w of ['codec/inflate-worker', 'export/read-worker', 'io/remote-worker']) expect(fileURLToPath(lib.workerScript(w))).toBe(path.join(repoRoot, 'dist', `${w}.js`));
+    for (const w of ['codec/inflate-worker', 'export/read-worker', 'io/remote-worker']) expect(fs.existsSync(lib.workerScript(w)), w).toBe(true);
+    expect(lib.nativeAddonPath('qcow_copy')).toBe(path.join(repoRoot, 'native/build/Release/qcow_copy.node'));
+  });
+
+  it('the sources (tsx, vitest) name the same package root', async () => {
+    const src = await import('../src/package-files.js');
+    expect(fileURLToPath(src.packageRoot)).toBe(`${repoRoot}/`);
+    expect(src.nativeAddonPath('qcow_fuse3')).toBe(path.join(repoRoot, 'native/build/Release/qcow_fuse3.node'));
+  });
+});
+
+/** Runs a command with a hook that lists, at exit, the native addons the process loaded. */
+function addonsLoaded(cmd: string, args: string[]): { r: SpawnSyncReturns<string>; addons: string[] } {
+  const hook = path.join(tmp, 'addons-hook.mjs');
+  const list = path.join(tmp, `addons-${process.hrtime.bigint()}.json`);
+  fs.writeFileSync(
+    hook,
+    "import fs from 'node:fs';\nprocess.on('exit', () => fs.writeFileSync(process.env.ADDONS_OUT, JSON.stringify(process.report.getReport().sharedObjects.filter((s) => s.endsWith('.node')))));\n",
+  );
+  const r = spawnSync(process.execPath, ['--import', hook, bin(cmd), ...args], { encoding: 'utf8', env: { ...process.env, ADDONS_OUT: list }, timeout: 60_000 });
+  const addons = fs.existsSync(list) ? (JSON.parse(fs.readFileSync(list, 'utf8')) as string[]).map((p) => path.basename(p)) : [];
+  return { r, addons };
+}
+
+describe.skipIf(!manifest)('native addons from the bundle', () => {
+  it("qcow-export finds the qcow_copy addon and its output equals QEMU's", () => {
+    const built = fs.existsSync(path.join(repoRoot, 'native/build/Release/qcow_copy.node'));
+    if (!built && process.env.CI === 'true') throw new Error('CI=true and the native addon is not built');
+    const f = plain();
+    const out = path.join(tmp, 'plain.raw');
+    const { r, addons } = addonsLoaded('qcow-export', ['-q', fixturePath(f.image), out]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(fs.readFileSync(out).equals(fs.readFileSync(oracle(f.name)))).toBe(true);
+    if (built) expect(addons).toContain('qcow_copy.node');
+  });
+
+  it('qcow-mount --version and --help load no FUSE addon', () => {
+    for (const args of [['--version'], ['--help']]) {
+      const { r, addons } = addonsLoaded('qcow-mount', args);
+      expect(r.status, r.stderr).toBe(0);
+      expect(addons.filter((a) => /fuse/.test(a)), args[0]).toEqual([]);
+    }
+  });
+});
