@@ -31,6 +31,7 @@ export function printError(prog: string, err: unknown): void {
  * (commander's own code for usage errors), help and version exiting 0.
  */
 export function configureProgram(program: Command, prog: string, description: string): Command {
+  exitQuietlyWhenStdoutCloses();
   return program
     .name(prog)
     .description(description)
@@ -40,6 +41,38 @@ export function configureProgram(program: Command, prog: string, description: st
     .configureOutput({
       outputError: (str, write) => write(`${prog}: ${str.replace(/^error: /, '').trim().split(/\s*\n\s*/).join(' ')}\n`),
     });
+}
+
+/**
+ * A reader that stops early (`qcow-export --help | head -3`) closes our standard output: like coreutils,
+ * end quietly (with the exit code so far) instead of dying on the unhandled EPIPE with a stack trace.
+ * The listener is added where process.stdout is first used, not before: making it turns a piped fd 1
+ * non-blocking, and qcow-export's raw output to `-` writes fd 1 itself (and reports a broken pipe).
+ */
+let stdoutWatched = false;
+function exitQuietlyWhenStdoutCloses(): void {
+  if (stdoutWatched) return;
+  stdoutWatched = true;
+  const onError = (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    process.exit();
+  };
+  const made = Object.getOwnPropertyDescriptor(process, 'stdout');
+  if (!made?.get || !made.configurable) {
+    process.stdout.on('error', onError);
+    return;
+  }
+  let stream: NodeJS.WriteStream | undefined;
+  Object.defineProperty(process, 'stdout', {
+    ...made,
+    get(): NodeJS.WriteStream {
+      if (!stream) {
+        stream = made.get!.call(process) as NodeJS.WriteStream;
+        stream.on('error', onError);
+      }
+      return stream;
+    },
+  });
 }
 
 /**
