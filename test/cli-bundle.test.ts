@@ -54,6 +54,10 @@ describe('one file per command', () => {
     for (const cmd of COMMANDS) for (const m of fs.readFileSync(bin(cmd), 'utf8').matchAll(/workerScript\("([^"]+)"\)/g)) started.add(m[1]!);
     expect([...started].sort()).toEqual(['codec/inflate-worker', 'export/read-worker', 'io/remote-worker']);
     for (const w of started) expect(fs.existsSync(path.join(CLI, `${path.basename(w)}.js`)), w).toBe(true);
+    // A script found relative to import.meta.url would be looked for beside the bundle: use workerScript().
+    for (const f of fs.readdirSync(CLI).filter((n) => n.endsWith('.js'))) {
+      expect(fs.readFileSync(path.join(CLI, f), 'utf8').match(/new URL\(["'][^"']+\.js["'], import\.meta\.url\)/g), f).toBeNull();
+    }
   });
 
   it('the source map names the source files', () => {
