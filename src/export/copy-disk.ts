@@ -5,6 +5,7 @@ import os from 'node:os';
 import type { Disk } from '../disk/disk.js';
 import { ReadPool, type ViewSpec } from './read-pool.js';
 import { type KernelCopier, kernelCopier } from './kernel-copy.js';
+import { StreamCopies, streamingFiles } from './stream-copies.js';
 import type { HostFile } from '../io/host-file.js';
 
 /** Bytes read (and written) per step of a data run: large, so that syscalls and hops stay few. */
@@ -122,6 +123,9 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
   // Data runs stored as they are read go from the image file to the output file in the native addon, where
   // nothing needs their bytes here (no digest, no best-effort checks).
   const kernel = writer?.sparse && !hash && !bestEffort ? kernelCopier(disk) : undefined;
+  // Data runs of a remote file go from the server's answers straight into the output, several at once.
+  const streamFile = writer?.sparse && !hash ? streamingFiles(disk) : undefined;
+  const streams = streamFile ? new StreamCopies(writer!.fd, SPARSE_BLOCK_BYTES) : undefined;
   // A digest is computed on this thread: reading on a worker meanwhile overlaps the two.
   const workers = parallel ? workerCount(disk, parallel, hash !== undefined) : 0;
   try {
@@ -133,11 +137,42 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
       const buffers = Array.from({ length: count }, () => Buffer.allocUnsafe(chunk));
       const written: Promise<void>[] = buffers.map(() => Promise.resolve());
       let turn = 0;
+      const readChunk = async (pos: number, length: number) => {
+        await written[turn];
+        const bytes = buffers[turn]!.subarray(0, length);
+        let got: number;
+        try {
+          got = disk.readSync(bytes, pos);
+        } catch (err) {
+          if (!bestEffort || !(err instanceof QcowError)) throw err;
+          got = readBestEffort(disk, bytes, pos, bestEffort);
+        }
+        if (got !== length) throw new Error(`short read at ${pos}: ${got} of ${length} bytes`);
+        await data(bytes, pos);
+        if (writer) written[turn] = writer.mark();
+        turn = (turn + 1) % count;
+      };
+      // A streamed run that failed: an error, or in best effort the rest of it read the usual way.
+      const streamFailures = async () => {
+        for (let f = streams?.failed.shift(); f; f = streams!.failed.shift()) {
+          if (!bestEffort || !(f.error instanceof QcowError)) throw f.error;
+          const end = f.pos + f.length;
+          for (let pos = f.pos + f.covered; pos < end; pos += chunk) await readChunk(pos, Math.min(chunk, end - pos));
+        }
+      };
       for (const t of tasks(disk, chunk, bestEffort !== undefined)) {
         if (t.hole) {
           await hole(t.pos, t.length);
           continue;
         }
+        const remote = streamFile && t.kind === 'data' && t.host !== undefined ? streamFile(t.depth) : undefined;
+        if (remote) {
+          await streams!.add(remote, t.pos, t.host!, t.length);
+          await streamFailures();
+          await step(t.pos + t.length);
+          continue;
+        }
+        await streams?.flush();
         const file = kernel && t.kind === 'data' && t.host !== undefined ? kernel.hostFile(t.depth) : undefined;
         if (file) {
           const n = copyInKernel(kernel!, writer!, file, t);
@@ -145,28 +180,23 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
           await step(t.pos + t.length);
           continue;
         }
-        await written[turn];
-        const bytes = buffers[turn]!.subarray(0, t.length);
-        let got: number;
-        try {
-          got = disk.readSync(bytes, t.pos);
-        } catch (err) {
-          if (!bestEffort || !(err instanceof QcowError)) throw err;
-          got = readBestEffort(disk, bytes, t.pos, bestEffort);
-        }
-        if (got !== t.length) throw new Error(`short read at ${t.pos}: ${got} of ${t.length} bytes`);
-        await data(bytes, t.pos);
-        if (writer) written[turn] = writer.mark();
-        turn = (turn + 1) % count;
+        await readChunk(t.pos, t.length);
+      }
+      if (streams) {
+        await streams.flush();
+        await streams.drain();
+        await streamFailures();
       }
     }
     if (writer) await writer.drain();
   } catch (err) {
-    // Let a write in flight finish before the caller closes or removes the file.
+    // Let a write in flight finish (and stop the streams) before the caller closes or removes the file.
+    await streams?.cancel();
     if (writer) await writer.drain().catch(() => undefined);
     throw err;
   }
-  return { bytes: disk.size, written: writer?.written ?? 0, read };
+  read += streams?.covered ?? 0;
+  return { bytes: disk.size, written: (writer?.written ?? 0) + (streams?.written ?? 0), read };
 }
 
 /** Reading on worker threads: up to `depth` chunks in flight, handled in order as they come back. */

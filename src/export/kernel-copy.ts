@@ -8,6 +8,7 @@
  */
 import { type CopiedRange, copyAddon } from '../io/copy-addon.js';
 import { HostFile } from '../io/host-file.js';
+import type { ImageFile } from '../io/image-file.js';
 import type { Disk } from '../disk/disk.js';
 import { MappedDisk } from '../disk/qcow2-disk.js';
 import { RawDisk } from '../disk/raw-disk.js';
@@ -38,23 +39,29 @@ export function kernelCopier(disk: Disk): KernelCopier | undefined {
   const byDepth = new Map<number, HostFile | undefined>();
   return {
     hostFile(depth) {
-      if (!byDepth.has(depth)) byDepth.set(depth, hostFileAt(disk, depth));
+      if (!byDepth.has(depth)) {
+        const file = storedFileAt(disk, depth);
+        byDepth.set(depth, file instanceof HostFile ? file : undefined);
+      }
       return byDepth.get(depth);
     },
     copy: (outFd, outPos, file, inPos, length, sparseBlock) => a.copyRange(outFd, outPos, file.fd, inPos, length, sparseBlock),
   };
 }
 
-/** The local host file whose stored bytes are the data runs of chain depth `depth`, when untransformed. */
-function hostFileAt(disk: Disk, depth: number): HostFile | undefined {
+/**
+ * The file (local or not) whose stored bytes are the data runs of chain depth `depth`, when they are
+ * served untransformed (no decryption); undefined where they are not, or nothing at that depth stores data.
+ */
+export function storedFileAt(disk: Disk, depth: number): ImageFile | undefined {
   let d: Disk | undefined = disk;
   while (d instanceof SliceDisk) d = d.base;
   while (d) {
     if (d instanceof MappedDisk) {
-      if (d.depth === depth) return d.reader.servesHostBytes && d.reader.dataFile instanceof HostFile ? d.reader.dataFile : undefined;
+      if (d.depth === depth) return d.reader.servesHostBytes ? d.reader.dataFile : undefined;
       d = d.backing;
     } else if (d instanceof RawDisk) {
-      return d.depth === depth && d.file instanceof HostFile ? d.file : undefined;
+      return d.depth === depth ? d.file : undefined;
     } else return undefined;
   }
   return undefined;

@@ -1,4 +1,14 @@
-import { QcowError, hex } from '../errors.js';
+import { QcowError, type QcowErrorCode, hex } from '../errors.js';
+import type { CopiedRange } from './copy-addon.js';
+
+/** Where streamed host bytes go: a fresh (truncated) output file; all-zero blocks are left as holes. */
+export interface StreamTarget {
+  fd: number;
+  /** Output offset of the range's first byte. */
+  position: number;
+  /** Blocks (aligned to the output offset) that hold only zeros are not written. */
+  sparseBlock: number;
+}
 
 /**
  * What the rest of the library reads an image through: a file opened read-only with positional,
@@ -19,7 +29,27 @@ export interface ImageFile {
   readAt(into: Uint8Array, offset: number, length: number, position: number, what: string): void;
   /** Reads a metadata structure that must lie wholly inside the file. */
   readExact(position: number, length: number, what: string): Buffer;
+  /**
+   * Where a file has a cheaper way than readAt for bulk copies (a remote file: the server's answer goes
+   * straight into the output, not through the block cache): copies its bytes [position, position +
+   * length) into `target`, several calls at once. Bytes past the end of the file are zeros (holes).
+   * Rejects with a StreamFailed naming this file, with an errno error (syscall `write`) where the output
+   * could not be written, or with the signal's reason once it aborts (no byte is written after that).
+   */
+  streamTo?(target: StreamTarget, position: number, length: number, signal?: AbortSignal): Promise<CopiedRange>;
   close(): void;
+}
+
+/** A streamTo that failed part way: the first `covered` bytes of its range are in the output. */
+export class StreamFailed extends QcowError {
+  constructor(
+    code: QcowErrorCode,
+    file: string,
+    problem: string,
+    readonly covered: number,
+  ) {
+    super(code, file, problem);
+  }
 }
 
 let nextFileId = 0;

@@ -32,6 +32,12 @@ export interface Cancellable {
   destroy(error?: Error): void;
 }
 
+/** Where a request's connection is kept while it runs (a Set will do). */
+export interface Tracker {
+  add(c: Cancellable): void;
+  delete(c: Cancellable): void;
+}
+
 const HEAD_LIMIT = 64 * 1024;
 const SCRATCH_BYTES = 64 * 1024;
 
@@ -73,7 +79,7 @@ export class RangeClient {
    * goes, or undefined to drop the connection unread; it may throw (the error is this call's). Resolves
    * once the body is complete.
    */
-  get(headers: [string, string][], onHead: (head: ResponseHead) => BodyTarget | undefined, track: Set<Cancellable>): Promise<void> {
+  get(headers: [string, string][], onHead: (head: ResponseHead) => BodyTarget | undefined, track: Tracker): Promise<void> {
     const lines = [`GET ${this.url.pathname}${this.url.search} HTTP/1.1`, `Host: ${this.url.host}`];
     if (this.url.username || this.url.password) {
       const user = `${decodeURIComponent(this.url.username)}:${decodeURIComponent(this.url.password)}`;
@@ -249,7 +255,13 @@ class Connection implements Cancellable {
     const job = this.job!;
     job.answered = true;
     job.remaining -= n;
-    job.target!.wrote(n);
+    try {
+      job.target!.wrote(n);
+    } catch (err) {
+      // The target could not take the bytes (a write to a file failed): this request ends with that.
+      this.fail(err as Error);
+      return;
+    }
     if (job.remaining === 0) this.finish();
   }
 

@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { QcowError, hex } from '../errors.js';
 import { BlockCache, type CachedBlock } from './block-cache.js';
-import { type ImageFile, newFileId, readWhole } from './image-file.js';
+import { type ImageFile, type StreamTarget, StreamFailed, newFileId, readWhole } from './image-file.js';
+import type { CopiedRange } from './copy-addon.js';
 import {
   CONTROL_BYTES,
   type ConnectionSettings,
@@ -12,6 +13,9 @@ import {
   SLOT,
   STAT,
   STAT_COUNT,
+  STREAM_PROGRESS,
+  STREAM_PROGRESS_BYTES,
+  type StreamFailure,
   type WorkerMessage,
   controlMessage,
 } from './remote-protocol.js';
@@ -195,6 +199,64 @@ export class RemoteFile implements ImageFile {
   /** Reads a metadata structure that must lie wholly inside the file. */
   readExact(position: number, length: number, what: string): Buffer {
     return readWhole(this, position, length, what);
+  }
+
+  /**
+   * Copies bytes [position, position + length) of the object into a fresh output file without the block
+   * cache: the network worker writes each piece of the server's answer at its place as it arrives, from
+   * a small reused buffer (all-zero blocks left as holes), with its usual retries. The bytes never pass
+   * through this thread. A changed object, or a server that fails after the retries, is a StreamFailed
+   * (EIO, like a read); a stream that brings nothing for the wait limit is cancelled: never a hang.
+   */
+  async streamTo(target: StreamTarget, position: number, length: number, signal?: AbortSignal): Promise<CopiedRange> {
+    if (this.closed) throw new StreamFailed('EIO', this.path, 'reading guest data: the file is closed', 0);
+    if (this.changed) throw new StreamFailed('EIO', this.path, `reading guest data at ${hex(position)}: ${this.changed}`, 0);
+    signal?.throwIfAborted();
+    const inFile = Math.max(0, Math.min(length, this.size - position));
+    if (inFile === 0) return { covered: length, written: 0 };
+    const control = new SharedArrayBuffer(CONTROL_BYTES);
+    const progressBuffer = new SharedArrayBuffer(STREAM_PROGRESS_BYTES);
+    const progress = new Float64Array(progressBuffer);
+    const job = nextStreamJob++;
+    const client = RemoteClient.get(this.path);
+    client.post({ op: 'stream', file: this.id, job, start: position, length: inFile, outFd: target.fd, outPos: target.position, sparseBlock: target.sparseBlock, control, progress: progressBuffer });
+    const cancel = () => client.post({ op: 'cancel', job });
+    signal?.addEventListener('abort', cancel, { once: true });
+    const state = new Int32Array(control, 0, 2);
+    let stalled = false;
+    // Atomics.waitAsync does not keep the process alive: a timer does, while the stream runs.
+    const alive = setInterval(() => undefined, 1 << 30);
+    try {
+      let seen = -1;
+      let since = Date.now();
+      while (Atomics.load(state, 0) === SLOT.PENDING) {
+        const covered = progress[STREAM_PROGRESS.COVERED]!;
+        if (covered !== seen) {
+          seen = covered;
+          since = Date.now();
+        }
+        const left = this.waitLimitMs - (Date.now() - since);
+        if (left <= 0 && !stalled) {
+          // The worker's own timeouts should have ended it: cancel, and wait for the cancel to land.
+          stalled = true;
+          cancel();
+        }
+        const wait = waitAsync(state, 0, SLOT.PENDING, stalled ? 1000 : Math.min(Math.max(1, left), 1000));
+        if (wait.async) await wait.value;
+      }
+    } finally {
+      clearInterval(alive);
+      signal?.removeEventListener('abort', cancel);
+    }
+    const covered = progress[STREAM_PROGRESS.COVERED]!;
+    const outcome = Atomics.load(state, 0);
+    if (outcome === SLOT.READY) return { covered: length, written: progress[STREAM_PROGRESS.WRITTEN]! };
+    signal?.throwIfAborted();
+    const failure = parseFailure(controlMessage(control));
+    if (failure.writeCode) throw Object.assign(new Error(`${failure.writeCode}: ${failure.message}`), { code: failure.writeCode, syscall: 'write' });
+    const why = stalled ? `no answer from the server in ${Math.round(this.waitLimitMs / 1000)} s` : redactText(failure.message ?? 'failed');
+    if (outcome === SLOT.CHANGED) this.changed = why;
+    throw new StreamFailed('EIO', this.path, `reading guest data at ${hex(position + covered)}: ${why}`, covered);
   }
 
   remoteStats(): RemoteStats {
@@ -392,6 +454,18 @@ export async function readWithoutWaiting<T>(read: () => T): Promise<T> {
     }
   }
 }
+
+/** A stream's failure as the worker wrote it (JSON; cut short, it is the text itself). */
+function parseFailure(text: string): StreamFailure {
+  try {
+    return JSON.parse(text) as StreamFailure;
+  } catch {
+    return { message: text };
+  }
+}
+
+/** Names stream jobs to the worker (for a cancel). */
+let nextStreamJob = 0;
 
 /** Reads of readWithoutWaiting waiting asynchronously now. */
 let outstanding = 0;

@@ -72,12 +72,50 @@ export interface FetchMessage {
   urgent: boolean;
 }
 
+/**
+ * Host bytes [start, start + length) of the object written straight into a file (`outFd` at `outPos`),
+ * not through the block cache: each piece of the body is written where it belongs as it arrives, from a
+ * small reused buffer. All-zero blocks of `sparseBlock` bytes (aligned to the output offset) are not
+ * written (the file is fresh: holes read as zeros). `progress` (Float64Array) holds STREAM_PROGRESS.
+ * The control word settles once: READY, or FAILED/CHANGED with a StreamFailure's JSON as its message.
+ */
+export interface StreamMessage {
+  op: 'stream';
+  file: number;
+  /** Names the job for a cancel. */
+  job: number;
+  start: number;
+  length: number;
+  outFd: number;
+  outPos: number;
+  sparseBlock: number;
+  control: SharedArrayBuffer;
+  progress: SharedArrayBuffer;
+}
+
+/** Stops a stream job: no byte of it is written once its control word has settled. */
+export interface CancelMessage {
+  op: 'cancel';
+  job: number;
+}
+
+/** Float64 slots of a stream job's progress buffer. */
+export const STREAM_PROGRESS = { COVERED: 0, WRITTEN: 1 } as const;
+export const STREAM_PROGRESS_BYTES = 16;
+
+/** Why a stream job failed: a network/server reason, or (errno set) writing the output. */
+export interface StreamFailure {
+  message: string;
+  /** Writing the output failed with this errno code (ENOSPC...): not the image's fault. */
+  writeCode?: string;
+}
+
 export interface CloseMessage {
   op: 'close';
   file: number;
 }
 
-export type WorkerMessage = OpenMessage | FetchMessage | CloseMessage;
+export type WorkerMessage = OpenMessage | FetchMessage | StreamMessage | CancelMessage | CloseMessage;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

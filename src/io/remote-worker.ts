@@ -8,7 +8,8 @@ import http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
 import { parentPort } from 'node:worker_threads';
-import { type BodyTarget, FallbackError, RangeClient, type ResponseHead } from './range-client.js';
+import { type BodyTarget, type Cancellable, FallbackError, RangeClient, type ResponseHead, type Tracker } from './range-client.js';
+import { FileSink, SINK_BUFFER_BYTES, SinkCancelled, SinkWriteError } from './file-sink.js';
 import { redactText, sameOrigin } from './remote-url.js';
 import {
   type ConnectionSettings,
@@ -16,9 +17,12 @@ import {
   type FetchMessage,
   type OpenAnswer,
   type OpenMessage,
+  type StreamFailure,
+  type StreamMessage,
   type WorkerMessage,
   SLOT,
   STAT,
+  STREAM_PROGRESS,
   settle,
 } from './remote-protocol.js';
 
@@ -54,9 +58,21 @@ class FinalError extends Error {
 }
 
 const objects = new Map<number, RemoteObject>();
+/** Requests for readers waiting now; then read-ahead and streams (export), in the order asked. */
 const urgent: FetchMessage[] = [];
-const ahead: FetchMessage[] = [];
+const ahead: (FetchMessage | StreamMessage)[] = [];
 let inFlight = 0;
+
+/** Stream jobs under way (or queued), by job id: what a cancel or a close must stop. */
+interface StreamState {
+  msg: StreamMessage;
+  sink?: FileSink;
+  connections: Set<Cancellable>;
+  settled: boolean;
+}
+const streams = new Map<number, StreamState>();
+/** Sink buffers of finished streams, reused: the number in use is bounded by MAX_IN_FLIGHT. */
+const freeBuffers: Buffer[] = [];
 
 const agents = new Map<string, http.Agent>();
 
@@ -78,7 +94,12 @@ parentPort!.on('message', (msg: WorkerMessage) => {
   else if (msg.op === 'fetch') {
     (msg.urgent ? urgent : ahead).push(msg);
     pump();
-  } else if (msg.op === 'close') close(msg.file);
+  } else if (msg.op === 'stream') {
+    streams.set(msg.job, { msg, connections: new Set(), settled: false });
+    ahead.push(msg);
+    pump();
+  } else if (msg.op === 'cancel') cancelStream(msg.job, 'cancelled');
+  else if (msg.op === 'close') close(msg.file);
 });
 
 function close(file: number): void {
@@ -87,6 +108,7 @@ function close(file: number): void {
   obj.closed = true;
   objects.delete(file);
   for (const req of obj.requests) req.destroy(new Error('closed'));
+  for (const [job, state] of streams) if (state.msg.file === file) cancelStream(job, 'the file was closed');
 }
 
 async function open(msg: OpenMessage): Promise<void> {
@@ -155,8 +177,9 @@ function pump(): void {
   while (inFlight < MAX_IN_FLIGHT) {
     const job = urgent.shift() ?? ahead.shift();
     if (!job) return;
+    if (job.op === 'stream' && streams.get(job.job)?.settled !== false) continue; // cancelled while queued
     inFlight++;
-    void fetchBlocks(job).finally(() => {
+    void (job.op === 'stream' ? streamJob(job) : fetchBlocks(job)).finally(() => {
       inFlight--;
       pump();
     });
@@ -284,6 +307,109 @@ async function fetchFast(obj: RemoteObject, client: RangeClient, blocks: FetchBl
   }
 }
 
+/**
+ * A stream job: the object's bytes [start, start + length) written into the output file as they arrive
+ * (FileSink), with retries that resume where the last attempt's written bytes end.
+ */
+async function streamJob(msg: StreamMessage): Promise<void> {
+  const state = streams.get(msg.job)!;
+  const obj = objects.get(msg.file);
+  if (!obj) return finishStream(state, SLOT.FAILED, { message: 'the file was closed' });
+  const progress = new Float64Array(msg.progress);
+  const buffer = freeBuffers.pop() ?? Buffer.allocUnsafe(SINK_BUFFER_BYTES);
+  const sink = new FileSink(buffer, msg.outFd, msg.outPos, msg.sparseBlock, (covered, written) => {
+    progress[STREAM_PROGRESS.COVERED] = covered;
+    progress[STREAM_PROGRESS.WRITTEN] = written;
+  });
+  state.sink = sink;
+  try {
+    await withRetries(obj, () => streamOnce(obj, msg, sink, state));
+    finishStream(state, SLOT.READY);
+  } catch (err) {
+    if (err instanceof SinkWriteError) finishStream(state, SLOT.FAILED, { message: redactText(err.message), writeCode: err.error.code ?? 'EIO' });
+    else finishStream(state, err instanceof FinalError ? err.state : SLOT.FAILED, { message: errorText(err) });
+  } finally {
+    freeBuffers.push(buffer);
+  }
+}
+
+/** One Range request for what the stream has not written yet. */
+async function streamOnce(obj: RemoteObject, msg: StreamMessage, sink: FileSink, state: StreamState): Promise<void> {
+  if (state.settled) throw new FinalError('cancelled');
+  if (obj.changed) throw new FinalError(obj.changed, SLOT.CHANGED);
+  sink.restart();
+  const start = msg.start + sink.covered;
+  const end = msg.start + msg.length;
+  if (start >= end) return;
+  sink.length = end - start;
+  const track: Tracker = {
+    add: (c) => {
+      obj.requests.add(c);
+      state.connections.add(c);
+    },
+    delete: (c) => {
+      obj.requests.delete(c);
+      state.connections.delete(c);
+    },
+  };
+  try {
+    if (obj.fast) {
+      try {
+        Atomics.add(obj.stats, STAT.REQUESTS, 1n);
+        await obj.fast.get(requestHeaders(obj, obj.url, `bytes=${start}-${end - 1}`), (res: ResponseHead) => {
+          checkAnswer(obj, res, start, end);
+          return sink;
+        }, track);
+        Atomics.add(obj.stats, STAT.BYTES, BigInt(end - start));
+        sink.flush();
+        return;
+      } catch (err) {
+        if (!(err instanceof FallbackError)) throw err;
+        obj.fast = undefined; // a redirect or a chunked body: the http module from now on
+        sink.restart();
+      }
+    }
+    const res = await request(obj, `bytes=${start}-${end - 1}`);
+    track.add(res);
+    try {
+      checkAnswer(obj, res, start, end);
+      let got = 0;
+      for await (const chunk of res as AsyncIterable<Buffer>) {
+        const n = Math.min(chunk.length, end - start - got);
+        if (n > 0) sink.push(n === chunk.length ? chunk : chunk.subarray(0, n));
+        got += n;
+      }
+      Atomics.add(obj.stats, STAT.BYTES, BigInt(got));
+      if (got < end - start) throw new Error(`the connection closed after ${got} of ${end - start} bytes`);
+      sink.flush();
+    } finally {
+      track.delete(res);
+      res.destroy();
+    }
+  } catch (err) {
+    // No retry writes once cancelled (a failed write is not retried either: see withRetries).
+    if (err instanceof SinkCancelled || state.settled) throw new FinalError('cancelled');
+    throw err;
+  }
+}
+
+/** Settles a stream job once; after that its sink writes nothing more. */
+function finishStream(state: StreamState, slot: number, failure?: StreamFailure): void {
+  if (state.settled) return;
+  state.settled = true;
+  if (state.sink) state.sink.cancelled = true;
+  streams.delete(state.msg.job);
+  settle(state.msg.control, slot, failure ? JSON.stringify(failure) : '');
+}
+
+/** Stops a stream at once: settled now (nothing is written after this), its connection dropped. */
+function cancelStream(job: number, why: string): void {
+  const state = streams.get(job);
+  if (!state) return;
+  finishStream(state, SLOT.FAILED, { message: why });
+  for (const c of state.connections) c.destroy(new Error(why));
+}
+
 /** Runs `attempt` up to 1 + retries times, with doubling backoff; a FinalError is not retried. */
 async function withRetries<T>(obj: RemoteObject, attempt: () => Promise<T>): Promise<T> {
   let delay = obj.settings.backoffMs;
@@ -291,7 +417,7 @@ async function withRetries<T>(obj: RemoteObject, attempt: () => Promise<T>): Pro
     try {
       return await attempt();
     } catch (err) {
-      if (err instanceof FinalError || isCertificateError(err) || obj.closed || n >= obj.settings.retries) {
+      if (err instanceof FinalError || err instanceof SinkWriteError || isCertificateError(err) || obj.closed || n >= obj.settings.retries) {
         Atomics.add(obj.stats, STAT.FAILURES, 1n);
         throw err;
       }

@@ -24,6 +24,8 @@ export interface NginxOptions {
   tls?: boolean;
   /** Require `Authorization: Bearer TOKEN`. */
   bearer?: string;
+  /** nginx's limit_rate (bytes per second per connection, e.g. `1m`): a slow link, for reads caught mid-way. */
+  limitRate?: string;
 }
 
 export async function freePort(): Promise<number> {
@@ -73,7 +75,7 @@ http {
     listen 127.0.0.1:${port} ${options.tls ? 'ssl' : ''};
     ${tlsLines}
     root ${root};
-    location / { ${auth} }
+    location / { ${auth} ${options.limitRate ? `limit_rate ${options.limitRate};` : ''} }
   }
 }
 `;
@@ -96,10 +98,11 @@ http {
       }
     },
     kill: () => {
-      if (child.exitCode === null) child.kill('SIGKILL');
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     },
     stop: async () => {
-      if (child.exitCode === null) {
+      // Killed by a signal (kill() above), it has a signalCode and no exitCode.
+      if (child.exitCode === null && child.signalCode === null) {
         const exited = new Promise((r) => child.once('exit', r));
         child.kill('SIGTERM');
         await exited;
