@@ -9,6 +9,7 @@
  *
  * As a script: tsx scripts/bench/remote.ts [--rounds N] [--seconds S] [--latency 0,20] [--netem]
  *   [--variants NAME=DIST,...]   (other builds' dist/ folders, alternated with this one: an A/B of a change)
+ *   [--export-only]              (qcow-export and qemu-img convert only, no mounts)
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -50,6 +51,8 @@ export interface RemoteBenchOptions {
    * dist/ folder. Their medians are logged; the table shows this build's.
    */
   variants?: Record<string, string>;
+  /** Only the exports (no mounts): a short run for a change to qcow-export. */
+  exportOnly?: boolean;
 }
 
 export interface RemoteRow {
@@ -188,7 +191,7 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
         for (let round = 0; round < opt.rounds; round++) {
           const order = ['ours', ...variants, 'qemu'];
           if (round % 2) order.reverse();
-          for (const who of order) {
+          for (const who of opt.exportOnly ? [] : order) {
             // The image in the host's page cache for both peers alike: nginx serves it from memory.
             await warm(image);
             const m =
@@ -326,6 +329,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     latencies: get('--latency', '0,20').split(',').map(Number),
     netem: argv.includes('--netem'),
     cacheSize: get('--cache', '256M'),
+    exportOnly: argv.includes('--export-only'),
     variants: argv.includes('--variants') ? Object.fromEntries(get('--variants', '').split(',').map((v) => v.split('=') as [string, string])) : undefined,
   };
   const { installCleanUpHandlers, cleanUpAll } = await import('./util.js');
