@@ -1,12 +1,16 @@
 /**
- * FUSE over io_uring, measured (issue 14): the bare servers of scripts/bench/minfuse.c (libfuse 3) and
- * scripts/bench/minfuse-uring.c (no libfuse: classic /dev/fuse or io_uring) on one raw file, beside
+ * FUSE over io_uring, measured (issue 14): the bare servers of scripts/bench/minfuse.c (libfuse 3),
+ * scripts/bench/minfuse-uring.c (no libfuse: classic /dev/fuse or io_uring) and
+ * scripts/bench/minfuse-customio.c (libfuse 3.14 driven from io_uring rings) on one raw file, beside
  * qcow-mount (native back-end) and qcowmount on the qcow2 of the same bytes. All mounted side by side;
  * each round runs every workload on every configuration in turn (the order reversed every other round),
  * so a loaded machine's drift hits them alike.
  *
  *   flock /tmp/qcow-bench.lock npx tsx scripts/bench/uring-ab.ts --raw R.raw --qcow2 R.qcow2 [--rounds 5]
  *       [--seconds 3] [--configs libfuse2,dev2,dev3,uring,ours,qcowmount] [--json out.json]
+ * Configurations: libfuseN (minfuse.c, N threads), devN (minfuse-uring --dev N), uring[K] (--uring, K
+ * entries per queue), uringd[K] (--defer: DEFER_TASKRUN rings), uringnp[K] (--nopin), custom[K]
+ * (minfuse-customio), ours, qcowmount.
  *
  * Needs root. Sets /sys/module/fuse/parameters/enable_uring to Y for the run (the uring server can only
  * negotiate io_uring on a connection made while it is Y) and back to what it was afterwards, also on
@@ -38,6 +42,7 @@ function build(): void {
   const jobs: [string, string[]][] = [
     ['minfuse', ['-O2', '-o', `${BIN}/minfuse`, `${REPO}/scripts/bench/minfuse.c`, ...fuse3]],
     ['minfuse-uring', ['-O2', '-Wall', '-pthread', '-o', `${BIN}/minfuse-uring`, `${REPO}/scripts/bench/minfuse-uring.c`, '-luring']],
+    ['minfuse-customio', ['-O2', '-pthread', '-o', `${BIN}/minfuse-customio`, `${REPO}/scripts/bench/minfuse-customio.c`, ...fuse3, '-luring']],
   ];
   for (const [name, args] of jobs) {
     const r = spawnSync('gcc', args, { encoding: 'utf8' });
@@ -53,13 +58,14 @@ function bdiOf(mnt: string): string {
 }
 
 /** Starts a bare server in the foreground on its own mount point; resolves once `f` answers. */
-async function startBare(label: string, raw: string, argv: string[], isLibfuse: boolean): Promise<Server> {
+async function startBare(label: string, raw: string, argv: string[], exe: 'minfuse' | 'minfuse-uring' | 'minfuse-customio'): Promise<Server> {
+  const isLibfuse = exe === 'minfuse';
   const mnt = path.join('/tmp/uring-ab-mnt', label);
   if (isMounted(mnt)) unmountSync(mnt);
   fs.mkdirSync(mnt, { recursive: true });
   const logFile = path.join(BIN, `${label}.log`);
   const out = fs.openSync(logFile, 'w');
-  const child = spawn(isLibfuse ? `${BIN}/minfuse` : `${BIN}/minfuse-uring`, [raw, mnt, ...argv], { stdio: ['ignore', out, out] });
+  const child = spawn(`${BIN}/${exe}`, [raw, mnt, ...argv], { stdio: ['ignore', out, out] });
   fs.closeSync(out);
   track(child);
   trackMount(mnt);
@@ -77,8 +83,9 @@ async function startBare(label: string, raw: string, argv: string[], isLibfuse: 
     }
     await sleep(20);
   }
-  // minfuse.c leaves the kernel's 128 KiB readahead: raise it as qcow-mount and minfuse-uring do.
-  if (isLibfuse) fs.writeFileSync(bdiOf(mnt), '1024\n');
+  // minfuse.c and minfuse-customio.c leave the kernel's 128 KiB readahead: raise it as qcow-mount and
+  // minfuse-uring do.
+  if (exe !== 'minfuse-uring') fs.writeFileSync(bdiOf(mnt), '1024\n');
   return {
     label,
     file,
@@ -157,14 +164,17 @@ async function main(): Promise<void> {
 
   const servers: Server[] = [];
   for (const label of labels) {
-    const m = /^(dev|uring|uringd|libfuse)(\d*)$/.exec(label);
+    const m = /^(dev|uring|uringd|uringnp|libfuse|custom)(\d*)$/.exec(label);
     if (label === 'ours' || label === 'qcowmount') {
       const mounted: Mounted = await mountPeer(label, { image: qcow2, tag: `uring-ab-${label}` });
       servers.push({ label, file: mounted.file, pid: mounted.pid, stop: () => mounted.stop() });
-    } else if (m?.[1] === 'libfuse') servers.push(await startBare(label, raw, [m[2] || '2'], true));
-    else if (m?.[1] === 'dev') servers.push(await startBare(label, raw, ['--dev', m[2] || '2'], false));
-    else if (m?.[1] === 'uring') servers.push(await startBare(label, raw, ['--uring', ...(m[2] ? ['--entries', m[2]] : [])], false));
-    else if (m?.[1] === 'uringd') servers.push(await startBare(label, raw, ['--uring', '--defer', ...(m[2] ? ['--entries', m[2]] : [])], false));
+    } else if (m?.[1] === 'libfuse') servers.push(await startBare(label, raw, [m[2] || '2'], 'minfuse'));
+    else if (m?.[1] === 'dev') servers.push(await startBare(label, raw, ['--dev', m[2] || '2'], 'minfuse-uring'));
+    else if (m?.[1] === 'custom') servers.push(await startBare(label, raw, m[2] ? ['--entries', m[2]] : [], 'minfuse-customio'));
+    else if (m?.[1]?.startsWith('uring')) {
+      const extra = { uring: [], uringd: ['--defer'], uringnp: ['--nopin'] }[m[1] as 'uring' | 'uringd' | 'uringnp'];
+      servers.push(await startBare(label, raw, ['--uring', ...extra, ...(m[2] ? ['--entries', m[2]] : [])], 'minfuse-uring'));
+    }
     else throw new Error(`unknown configuration ${label}`);
   }
   log(`mounted: ${servers.map((s) => `${s.label}=${s.file} (pid ${s.pid})`).join(', ')}`);
