@@ -10,7 +10,8 @@
  *       [--seconds 3] [--configs libfuse2,dev2,dev3,uring,ours,qcowmount] [--json out.json]
  * Configurations: libfuseN (minfuse.c, N threads), devN (minfuse-uring --dev N), uring[K] (--uring, K
  * entries per queue), uringd[K] (--defer: DEFER_TASKRUN rings), uringnp[K] (--nopin), uringx[K]
- * (--pin-offset 1: each queue served from the other CPU), custom[K]
+ * (--pin-offset 1: each queue served from the other CPU), uring2t[K] (--dual: two threads per queue,
+ * one on each CPU), custom[K]
  * (minfuse-customio), ours, qcowmount.
  *
  * Needs root. Sets /sys/module/fuse/parameters/enable_uring to Y for the run (the uring server can only
@@ -165,7 +166,7 @@ async function main(): Promise<void> {
 
   const servers: Server[] = [];
   for (const label of labels) {
-    const m = /^(dev|uring|uringd|uringnp|uringx|libfuse|custom)(\d*)$/.exec(label);
+    const m = /^(dev|uring|uringd|uringnp|uringx|uring2t|libfuse|custom)(\d*)$/.exec(label);
     if (label === 'ours' || label === 'qcowmount') {
       const mounted: Mounted = await mountPeer(label, { image: qcow2, tag: `uring-ab-${label}` });
       servers.push({ label, file: mounted.file, pid: mounted.pid, stop: () => mounted.stop() });
@@ -173,7 +174,7 @@ async function main(): Promise<void> {
     else if (m?.[1] === 'dev') servers.push(await startBare(label, raw, ['--dev', m[2] || '2'], 'minfuse-uring'));
     else if (m?.[1] === 'custom') servers.push(await startBare(label, raw, m[2] ? ['--entries', m[2]] : [], 'minfuse-customio'));
     else if (m?.[1]?.startsWith('uring')) {
-      const extra = { uring: [], uringd: ['--defer'], uringnp: ['--nopin'], uringx: ['--pin-offset', '1'] }[m[1] as 'uring' | 'uringd' | 'uringnp' | 'uringx'];
+      const extra = { uring: [], uringd: ['--defer'], uringnp: ['--nopin'], uringx: ['--pin-offset', '1'], uring2t: ['--dual'] }[m[1] as 'uring' | 'uringd' | 'uringnp' | 'uringx' | 'uring2t'];
       servers.push(await startBare(label, raw, ['--uring', ...extra, ...(m[2] ? ['--entries', m[2]] : [])], 'minfuse-uring'));
     }
     else throw new Error(`unknown configuration ${label}`);
