@@ -12,7 +12,7 @@
  * set to Y before mounting. Stays in the foreground; prints "ready" on stderr once the mount answers;
  * `umount MOUNTPOINT` (or SIGTERM/SIGINT) ends it; SIGUSR1 prints the request counters on stderr.
  *   gcc -O2 -pthread -o /tmp/minfuse-uring scripts/bench/minfuse-uring.c -luring
- *   /tmp/minfuse-uring RAWFILE MOUNTPOINT --dev 2 | --uring [--entries K] [--defer] [--nopin] [--pin-offset N] [--dual] [--ra KB]
+ *   /tmp/minfuse-uring RAWFILE MOUNTPOINT --dev 2 | --uring [--entries K] [--defer] [--nopin] [--pin-offset N] [--dual] [--adaptive] [--ra KB]
  * liburing (Debian's 2.3, liburing-dev) only sets up the rings; the FUSE uAPI for io_uring (protocol
  * 7.42, kernel 6.14+) is newer than Debian's <linux/fuse.h>, so its few definitions are spelt out below
  * from the kernel's include/uapi/linux/fuse.h and Documentation/filesystems/fuse-io-uring.rst. */
@@ -196,7 +196,7 @@ struct ent {
   char *payload;               /* iov[1], MAX_WRITE bytes (the kernel asks max(max_write, max_pages pages)) */
   struct iovec iov[2];
 };
-static int n_entries = 2, defer_taskrun, pin = 1, pin_offset, dual;
+static int n_entries = 2, defer_taskrun, pin = 1, pin_offset, dual, adaptive;
 static int nq, ready_queues;
 static pthread_mutex_t ready_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ready_cv = PTHREAD_COND_INITIALIZER;
@@ -218,12 +218,14 @@ static void prep_cmd(struct io_uring *ring, struct ent *e, uint32_t cmd, int qid
 static void *uring_loop(void *p) {
   int t = (int)(intptr_t)p, qid = t % nq; /* with --dual, threads nq..2nq-1 serve the queues again */
   cpu_set_t cpus;
-  CPU_ZERO(&cpus); CPU_SET((qid + pin_offset + t / nq) % nq, &cpus);
+  int on_cpu = (qid + pin_offset + t / nq) % nq;
+  CPU_ZERO(&cpus); CPU_SET(on_cpu, &cpus);
   /* The kernel picks the queue by the CPU the reading task runs on: serving it from that CPU keeps
    * the hand-off local (--nopin lets the scheduler move the thread, to see what locality costs a
    * single sequential reader, whose queue's server then shares its CPU; --pin-offset 1 serves each
    * queue from the next CPU instead, so that reader and server run side by side; --dual gives each
-   * queue a second thread, pinned to the next CPU, with entries of its own). */
+   * queue a second thread, pinned to the next CPU, with entries of its own; --adaptive moves the
+   * thread to the next CPU while it serves big reads and back for small ones). */
   if (pin && pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus)) fprintf(stderr, "minfuse-uring: pin to CPU %d failed\n", qid);
   struct io_uring ring;
   struct io_uring_params prm = { .flags = IORING_SETUP_SQE128 };
@@ -262,6 +264,16 @@ static void *uring_loop(void *p) {
       const struct fuse_in_header *ih = (void *)e->hdr.in_out;
       long r = handle(ih, e->hdr.op_in, e->payload, e->payload);
       add(&n_ring, 1);
+      if (adaptive && ih->opcode == FUSE_READ) {
+        /* Big reads (readahead of a sequential reader) are served from the other CPU, so the reader
+         * and its server run side by side; small ones from the queue's own CPU. */
+        uint32_t size = ((const struct fuse_read_in *)e->hdr.op_in)->size;
+        int want = size >= 256 * 1024 ? (qid + 1) % nq : size <= 16 * 1024 ? qid : on_cpu;
+        if (want != on_cpu) {
+          CPU_ZERO(&cpus); CPU_SET(want, &cpus);
+          if (!pthread_setaffinity_np(pthread_self(), sizeof cpus, &cpus)) on_cpu = want;
+        }
+      }
       struct fuse_out_header *oh = (void *)e->hdr.in_out;
       uint64_t unique = ih->unique;
       int body = r > 0 && r != NO_REPLY ? (int)r : 0;
@@ -316,7 +328,7 @@ static void *signal_loop(void *p) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 4) { fprintf(stderr, "usage: %s RAWFILE MOUNTPOINT --dev N | --uring [--entries K] [--defer] [--nopin] [--pin-offset N] [--dual] [--ra KB]\n", argv[0]); return 2; }
+  if (argc < 4) { fprintf(stderr, "usage: %s RAWFILE MOUNTPOINT --dev N | --uring [--entries K] [--defer] [--nopin] [--pin-offset N] [--dual] [--adaptive] [--ra KB]\n", argv[0]); return 2; }
   int dev_threads = 0, uring = 0, ra_kb = 1024;
   for (int i = 3; i < argc; i++) {
     if (!strcmp(argv[i], "--dev") && i + 1 < argc) dev_threads = atoi(argv[++i]);
@@ -325,6 +337,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--defer")) defer_taskrun = 1;
     else if (!strcmp(argv[i], "--nopin")) pin = 0;
     else if (!strcmp(argv[i], "--dual")) dual = 1;
+    else if (!strcmp(argv[i], "--adaptive")) adaptive = 1;
     else if (!strcmp(argv[i], "--pin-offset") && i + 1 < argc) pin_offset = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--ra") && i + 1 < argc) ra_kb = atoi(argv[++i]);
     else { fprintf(stderr, "minfuse-uring: unknown argument %s\n", argv[i]); return 2; }

@@ -11,7 +11,7 @@
  * Configurations: libfuseN (minfuse.c, N threads), devN (minfuse-uring --dev N), uring[K] (--uring, K
  * entries per queue), uringd[K] (--defer: DEFER_TASKRUN rings), uringnp[K] (--nopin), uringx[K]
  * (--pin-offset 1: each queue served from the other CPU), uring2t[K] (--dual: two threads per queue,
- * one on each CPU), custom[K]
+ * one on each CPU), uringa[K] (--adaptive: a queue's thread moves to the other CPU for big reads), custom[K]
  * (minfuse-customio), ours, qcowmount.
  *
  * Needs root. Sets /sys/module/fuse/parameters/enable_uring to Y for the run (the uring server can only
@@ -166,7 +166,7 @@ async function main(): Promise<void> {
 
   const servers: Server[] = [];
   for (const label of labels) {
-    const m = /^(dev|uring|uringd|uringnp|uringx|uring2t|libfuse|custom)(\d*)$/.exec(label);
+    const m = /^(dev|uring|uringd|uringnp|uringx|uring2t|uringa|libfuse|custom)(\d*)$/.exec(label);
     if (label === 'ours' || label === 'qcowmount') {
       const mounted: Mounted = await mountPeer(label, { image: qcow2, tag: `uring-ab-${label}` });
       servers.push({ label, file: mounted.file, pid: mounted.pid, stop: () => mounted.stop() });
@@ -174,7 +174,7 @@ async function main(): Promise<void> {
     else if (m?.[1] === 'dev') servers.push(await startBare(label, raw, ['--dev', m[2] || '2'], 'minfuse-uring'));
     else if (m?.[1] === 'custom') servers.push(await startBare(label, raw, m[2] ? ['--entries', m[2]] : [], 'minfuse-customio'));
     else if (m?.[1]?.startsWith('uring')) {
-      const extra = { uring: [], uringd: ['--defer'], uringnp: ['--nopin'], uringx: ['--pin-offset', '1'], uring2t: ['--dual'] }[m[1] as 'uring' | 'uringd' | 'uringnp' | 'uringx' | 'uring2t'];
+      const extra = { uring: [], uringd: ['--defer'], uringnp: ['--nopin'], uringx: ['--pin-offset', '1'], uring2t: ['--dual'], uringa: ['--adaptive'] }[m[1] as 'uring' | 'uringd' | 'uringnp' | 'uringx' | 'uring2t' | 'uringa'];
       servers.push(await startBare(label, raw, ['--uring', ...extra, ...(m[2] ? ['--entries', m[2]] : [])], 'minfuse-uring'));
     }
     else throw new Error(`unknown configuration ${label}`);
