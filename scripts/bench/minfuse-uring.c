@@ -3,7 +3,8 @@
  * A read-only FUSE server without libfuse: one file "f" whose reads are pread from a raw file, with
  * minfuse.c's choices (max_write and max_pages 248 pages, copy replies, bdi read_ahead_kb raised after
  * mounting). Two transports on the same request handler:
- *   --dev N    N threads, each on its own clone of /dev/fuse (FUSE_DEV_IOC_CLONE), read() + writev().
+ *   --dev N    N threads, the first on the mount's fd, the others on clones of it (FUSE_DEV_IOC_CLONE),
+ *              read() + writev().
  *   --uring    FUSE_OVER_IO_URING negotiated at INIT; one queue per possible CPU, served by a thread
  *              pinned to that CPU with its own io_uring (SQE128), --entries K buffers per queue,
  *              REGISTER then COMMIT_AND_FETCH. A thread still reads /dev/fuse: forgets and
