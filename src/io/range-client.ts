@@ -6,8 +6,12 @@
  * about 0.5 ms per MiB. Anything else (a redirect, a chunked body, 1xx) is a FallbackError, and the
  * worker goes back to the http module for that object.
  */
+import { createRequire } from 'node:module';
 import net from 'node:net';
-import tls from 'node:tls';
+import type tls from 'node:tls';
+
+/** tls is loaded for an https URL only (it costs a worker's start several ms). */
+const lazy = createRequire(import.meta.url);
 
 /** The answer's status line and headers (names in lower case, the first value of each). */
 export interface ResponseHead {
@@ -134,7 +138,7 @@ class Connection implements Cancellable {
     private readonly timeoutMs: number,
   ) {
     if (tlsOptions) {
-      this.socket = tls.connect({ ...tlsOptions, host, port, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
+      this.socket = (lazy('node:tls') as typeof tls).connect({ ...tlsOptions, host, port, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
       this.socket.on('data', (chunk: Buffer) => this.feed(chunk));
     } else {
       this.socket = net.connect({

@@ -45,6 +45,12 @@ export interface OpenMessage {
   /** Control buffer for the answer: on success the message is the JSON of an OpenAnswer. */
   control: SharedArrayBuffer;
   stats: SharedArrayBuffer;
+  /**
+   * Block 0 of the file's cache: the open's request asks for all of it (the header, often the L1 table),
+   * so that the first reads need no request of their own. The worker fills it and settles it READY, or
+   * leaves it alone (OpenAnswer.first false: an answer only Node's http module could read).
+   */
+  first?: { control: SharedArrayBuffer; data: SharedArrayBuffer };
 }
 
 export interface OpenAnswer {
@@ -53,6 +59,8 @@ export interface OpenAnswer {
   lastModified?: string;
   /** HTTP status of a refused open, to choose the error code. */
   status?: number;
+  /** OpenMessage.first holds the object's first bytes (and is READY). */
+  first?: boolean;
 }
 
 /** One block of a fetch: `data` receives bytes [start, start + length) of the object. */

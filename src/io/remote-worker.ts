@@ -4,9 +4,10 @@
  * block when it is complete so that a waiting reader can go on before the whole request is in.
  * Retries with backoff are done here; the calling thread only ever sees READY, FAILED or CHANGED.
  */
-import http from 'node:http';
-import https from 'node:https';
-import tls from 'node:tls';
+import type http from 'node:http';
+import type https from 'node:https';
+import type tls from 'node:tls';
+import { createRequire } from 'node:module';
 import { parentPort } from 'node:worker_threads';
 import { type BodyTarget, type Cancellable, FallbackError, RangeClient, type ResponseHead, type Tracker } from './range-client.js';
 import { FileSink, SINK_BUFFER_BYTES, SinkCancelled, SinkWriteError } from './file-sink.js';
@@ -33,7 +34,6 @@ const MAX_REDIRECTS = 5;
 interface RemoteObject {
   url: URL;
   settings: ConnectionSettings;
-  agent: http.Agent;
   size: number;
   etag?: string;
   lastModified?: string;
@@ -74,6 +74,16 @@ const streams = new Map<number, StreamState>();
 /** Sink buffers of finished streams, reused: the number in use is bounded by MAX_IN_FLIGHT. */
 const freeBuffers: Buffer[] = [];
 
+/**
+ * Node's http, https and tls modules are loaded when first needed: a plain-HTTP image served the usual
+ * way never needs them (the lean client needs only net), and loading the three costs the worker's start
+ * ~10 ms (3 ms for net alone).
+ */
+const lazy = createRequire(import.meta.url);
+const httpModule = (): typeof http => lazy('node:http') as typeof http;
+const httpsModule = (): typeof https => lazy('node:https') as typeof https;
+const tlsModule = (): typeof tls => lazy('node:tls') as typeof tls;
+
 const agents = new Map<string, http.Agent>();
 
 function agentFor(url: URL, settings: ConnectionSettings): http.Agent {
@@ -82,8 +92,8 @@ function agentFor(url: URL, settings: ConnectionSettings): http.Agent {
   if (!agent) {
     agent =
       url.protocol === 'https:'
-        ? new https.Agent({ keepAlive: true, maxFreeSockets: MAX_IN_FLIGHT, ...(settings.ca ? { ca: [...tls.rootCertificates, settings.ca] } : {}) })
-        : new http.Agent({ keepAlive: true, maxFreeSockets: MAX_IN_FLIGHT });
+        ? new (httpsModule().Agent)({ keepAlive: true, maxFreeSockets: MAX_IN_FLIGHT, ...(settings.ca ? { ca: [...tlsModule().rootCertificates, settings.ca] } : {}) })
+        : new (httpModule().Agent)({ keepAlive: true, maxFreeSockets: MAX_IN_FLIGHT });
     agents.set(key, agent);
   }
   return agent;
@@ -116,7 +126,6 @@ async function open(msg: OpenMessage): Promise<void> {
   const obj: RemoteObject = {
     url,
     settings: msg.settings,
-    agent: agentFor(url, msg.settings),
     size: -1,
     stats: new BigInt64Array(msg.stats),
     closed: false,
@@ -124,14 +133,15 @@ async function open(msg: OpenMessage): Promise<void> {
   };
   objects.set(msg.file, obj);
   try {
-    const answer = await withRetries(obj, () => probe(obj));
+    if (RangeClient.usable(obj.settings.headers)) {
+      const tlsOptions = url.protocol === 'https:' ? (obj.settings.ca ? { ca: [...tlsModule().rootCertificates, obj.settings.ca] } : {}) : undefined;
+      obj.fast = new RangeClient(url, tlsOptions, obj.settings.timeoutMs);
+    }
+    const answer = await withRetries(obj, () => probe(obj, msg.first));
     obj.size = answer.size;
     obj.etag = answer.etag;
     obj.lastModified = answer.lastModified;
-    if (RangeClient.usable(obj.settings.headers)) {
-      const tlsOptions = url.protocol === 'https:' ? (obj.settings.ca ? { ca: [...tls.rootCertificates, obj.settings.ca] } : {}) : undefined;
-      obj.fast = new RangeClient(url, tlsOptions, obj.settings.timeoutMs);
-    }
+    if (answer.first) settle(msg.first!.control, SLOT.READY);
     settle(msg.control, SLOT.READY, JSON.stringify(answer));
   } catch (err) {
     objects.delete(msg.file);
@@ -141,19 +151,85 @@ async function open(msg: OpenMessage): Promise<void> {
 }
 
 /**
- * Learns the size and validators with a one-byte Range GET (not HEAD: a presigned URL is signed for
- * one method, GET), and refuses a server that ignores Range.
+ * Learns the size and validators, and refuses a server that ignores Range: with the lean client, one
+ * Range GET for the whole of the file's first cache block (a 206 proves Range support and brings the
+ * header with it); else (a redirect, a chunked answer, headers the lean client cannot send) a one-byte
+ * Range GET through the http module.
  */
-async function probe(obj: RemoteObject): Promise<OpenAnswer> {
+async function probe(obj: RemoteObject, first: OpenMessage['first']): Promise<OpenAnswer> {
+  if (obj.fast && first) {
+    try {
+      return await probeFast(obj, obj.fast, first);
+    } catch (err) {
+      if (!(err instanceof FallbackError)) throw err;
+      obj.fast = undefined; // a redirect or a chunked body: the http module from now on
+    }
+  }
+  return probeSlow(obj);
+}
+
+/** The probe through the lean client: block 0's bytes go straight into `first.data`. */
+async function probeFast(obj: RemoteObject, client: RangeClient, first: NonNullable<OpenMessage['first']>): Promise<OpenAnswer> {
+  let answer: OpenAnswer | undefined;
+  let filled = 0;
+  Atomics.add(obj.stats, STAT.REQUESTS, 1n);
+  await client.get(requestHeaders(obj, obj.url, `bytes=0-${first.data.byteLength - 1}`), (res: ResponseHead) => {
+    const etag = header(res, 'etag');
+    const lastModified = header(res, 'last-modified');
+    if (res.statusCode === 200 && header(res, 'content-length') === '0') {
+      // An empty object: some servers (nginx) answer a Range on it with a plain empty 200.
+      answer = { size: 0, etag, lastModified };
+      return undefined;
+    }
+    if (res.statusCode === 200) throw rangeIgnored();
+    if (res.statusCode === 416) {
+      // An empty object has no byte 0: the server says so with its size.
+      const total = /^bytes \*\/(\d+)$/.exec(header(res, 'content-range') ?? '');
+      if (total && Number(total[1]) === 0) {
+        answer = { size: 0, etag, lastModified };
+        return undefined;
+      }
+    }
+    if (res.statusCode !== 206) throw statusError(res);
+    const size = checkedTotal(header(res, 'content-range'));
+    const range = parseContentRange(header(res, 'content-range'))!;
+    const length = Math.min(size, first.data.byteLength);
+    if (range.end !== length - 1) throw new FinalError(`asked for bytes 0-${first.data.byteLength - 1}, the server sent "${header(res, 'content-range') ?? ''}"`);
+    answer = { size, etag, lastModified, first: true };
+    return {
+      length,
+      room: () => new Uint8Array(first.data, filled, length - filled),
+      wrote: (n) => {
+        filled += n;
+        Atomics.add(obj.stats, STAT.BYTES, BigInt(n));
+      },
+    };
+  }, obj.requests);
+  return answer!;
+}
+
+function rangeIgnored(): FinalError {
+  return new FinalError('the server ignores Range requests (answered 200 with the whole object): it cannot serve an image');
+}
+
+/** The object's size from a Content-Range that answers a Range starting at 0. */
+function checkedTotal(text: string | undefined): number {
+  const range = parseContentRange(text);
+  if (!range || range.start !== 0) throw new FinalError(`the server answered a Range request with a bad Content-Range "${text ?? ''}"`);
+  if (range.total === undefined) throw new FinalError('the server does not say the object\'s size (Content-Range "bytes 0-0/*")');
+  if (!Number.isSafeInteger(range.total)) throw new FinalError(`the server gives an impossible size ${range.total}`);
+  return range.total;
+}
+
+/** The one-byte probe through Node's http module (not HEAD: a presigned URL is signed for one method, GET). */
+async function probeSlow(obj: RemoteObject): Promise<OpenAnswer> {
   const res = await request(obj, 'bytes=0-0');
   try {
     if (res.statusCode === 200 && header(res, 'content-length') === '0') {
       // An empty object: some servers (nginx) answer a Range on it with a plain empty 200.
       return { size: 0, etag: header(res, 'etag'), lastModified: header(res, 'last-modified') };
     }
-    if (res.statusCode === 200) {
-      throw new FinalError('the server ignores Range requests (answered 200 with the whole object): it cannot serve an image');
-    }
+    if (res.statusCode === 200) throw rangeIgnored();
     const etag = header(res, 'etag');
     const lastModified = header(res, 'last-modified');
     if (res.statusCode === 416) {
@@ -162,12 +238,9 @@ async function probe(obj: RemoteObject): Promise<OpenAnswer> {
       if (total && Number(total[1]) === 0) return { size: 0, etag, lastModified };
     }
     if (res.statusCode !== 206) throw statusError(res);
-    const range = parseContentRange(header(res, 'content-range'));
-    if (!range || range.start !== 0) throw new FinalError(`the server answered a Range request with a bad Content-Range "${header(res, 'content-range') ?? ''}"`);
-    if (range.total === undefined) throw new FinalError('the server does not say the object\'s size (Content-Range "bytes 0-0/*")');
-    if (!Number.isSafeInteger(range.total)) throw new FinalError(`the server gives an impossible size ${range.total}`);
+    const size = checkedTotal(header(res, 'content-range'));
     await drain(res);
-    return { size: range.total, etag, lastModified };
+    return { size, etag, lastModified };
   } finally {
     res.destroy();
   }
@@ -435,7 +508,7 @@ function request(obj: RemoteObject, range: string): Promise<http.IncomingMessage
     const go = (url: URL): void => {
       if (obj.closed) return reject(new FinalError('the file was closed'));
       const headers = Object.fromEntries(requestHeaders(obj, url, range));
-      const lib = url.protocol === 'https:' ? https : http;
+      const lib = url.protocol === 'https:' ? httpsModule() : httpModule();
       Atomics.add(obj.stats, STAT.REQUESTS, 1n);
       const req = lib.get(url, { agent: agentFor(url, obj.settings), headers, timeout: obj.settings.timeoutMs });
       obj.requests.add(req);

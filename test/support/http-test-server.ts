@@ -22,6 +22,8 @@ const data = fs.readFileSync(file);
 const [name, arg] = mode.split('=');
 const n = Number(arg ?? 0);
 let requests = 0;
+/** The open's request (the first Range request at 0) is the probe, whatever its length. */
+let probed = false;
 const seen: string[] = [];
 
 const server = http.createServer((req, res) => {
@@ -55,7 +57,8 @@ const server = http.createServer((req, res) => {
   }
   const start = Number(m[1]);
   const end = Math.min(Number(m[2]), data.length - 1);
-  const probe = start === 0 && end === 0;
+  const probe = start === 0 && (end === 0 || !probed);
+  if (start === 0) probed = true;
   if (!probe && name === 'fail-first' && requests <= n + 1) {
     res.writeHead(503);
     res.end();
