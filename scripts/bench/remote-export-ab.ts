@@ -40,10 +40,11 @@ try {
       const [who, dist] = peer.split('=') as [string, string | undefined];
       const qemuJson = `json:${JSON.stringify({ file: { driver: 'http', url, timeout: 120 } })}`;
       const t0 = process.hrtime.bigint();
-      const timed = ['-f', '%U %S', '--'];
+      // timeout(1) inside time(1): a stalled run is killed itself (QEMU 7.2's curl driver stalls for good).
+      const timed = (seconds: number) => ['-f', '%U %S', '--', 'timeout', '-s', 'KILL', String(seconds)];
       const r = dist
-        ? await run('/usr/bin/time', [...timed, process.execPath, path.join(dist, 'cli', 'qcow-export.js'), '-q', '-f', url, out], { timeoutMs: 120_000 })
-        : await run('/usr/bin/time', [...timed, 'qemu-img', 'convert', ...(who === 'qemu-m1' ? ['-m', '1'] : []), '-O', 'raw', qemuJson, out], { timeoutMs: 40_000 });
+        ? await run('/usr/bin/time', [...timed(120), process.execPath, path.join(dist, 'cli', 'qcow-export.js'), '-q', '-f', url, out])
+        : await run('/usr/bin/time', [...timed(40), 'qemu-img', 'convert', ...(who === 'qemu-m1' ? ['-m', '1'] : []), '-O', 'raw', qemuJson, out]);
       const s = Number(process.hrtime.bigint() - t0) / 1e9;
       if (r.code !== 0) {
         console.log(`${who}: failed (${r.signal ?? r.code}) ${r.stderr.trim().slice(0, 200)}`);
