@@ -4,7 +4,7 @@ import type { Hash } from 'node:crypto';
 import os from 'node:os';
 import type { Disk } from '../disk/disk.js';
 import { ReadPool, type ViewSpec } from './read-pool.js';
-import { type KernelCopier, kernelCopier } from './kernel-copy.js';
+import { type NativeCopier, nativeCopier } from './native-copy.js';
 import { StreamCopies, streamingFiles } from './stream-copies.js';
 import type { HostFile } from '../io/host-file.js';
 
@@ -122,7 +122,7 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
 
   // Data runs stored as they are read go from the image file to the output file in the native addon, where
   // nothing needs their bytes here (no digest, no best-effort checks).
-  const kernel = writer?.sparse && !hash && !bestEffort ? kernelCopier(disk) : undefined;
+  const native = writer?.sparse && !hash && !bestEffort ? nativeCopier(disk) : undefined;
   // Data runs of a remote file go from the server's answers straight into the output, several at once.
   const streamFile = writer?.sparse && !hash ? streamingFiles(disk) : undefined;
   const streams = streamFile ? new StreamCopies(writer!.fd, SPARSE_BLOCK_BYTES) : undefined;
@@ -173,9 +173,9 @@ export async function copyDisk(disk: Disk, target: CopyTarget | undefined, optio
           continue;
         }
         await streams?.flush();
-        const file = kernel && t.kind === 'data' && t.host !== undefined ? kernel.hostFile(t.depth) : undefined;
+        const file = native && t.kind === 'data' && t.host !== undefined ? native.hostFile(t.depth) : undefined;
         if (file) {
-          const n = copyInKernel(kernel!, writer!, file, t);
+          const n = copyNatively(native!, writer!, file, t);
           read += n;
           await step(t.pos + t.length);
           continue;
@@ -268,11 +268,11 @@ type Task = { hole: boolean; pos: number; length: number; kind?: string; depth: 
  * A chunk of a data run copied by the native addon into the (fresh, truncated) output; bytes past the end of a
  * shorter host file are zeros there already. Returns the bytes copied.
  */
-function copyInKernel(kernel: KernelCopier, writer: Writer, file: HostFile, t: Task): number {
+function copyNatively(copier: NativeCopier, writer: Writer, file: HostFile, t: Task): number {
   const host = t.host!;
   let copied;
   try {
-    copied = kernel.copy(writer.fd, t.pos, file, host, t.length, SPARSE_BLOCK_BYTES);
+    copied = copier.copy(writer.fd, t.pos, file, host, t.length, SPARSE_BLOCK_BYTES);
   } catch (err) {
     // A failed read is the image's problem (exit 2, named after it); a failed write stays the output's.
     if ((err as NodeJS.ErrnoException).syscall !== 'pread') throw err;

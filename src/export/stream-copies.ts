@@ -7,7 +7,7 @@
 import { setMaxListeners } from 'node:events';
 import type { Disk } from '../disk/disk.js';
 import type { ImageFile } from '../io/image-file.js';
-import { storedFileAt } from './kernel-copy.js';
+import { storedFileAt } from './native-copy.js';
 
 /**
  * Streams in flight at once: each is one Range request of up to a chunk (4 MiB). Enough to hide a round

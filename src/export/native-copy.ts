@@ -15,7 +15,7 @@ import { RawDisk } from '../disk/raw-disk.js';
 import { SliceDisk } from '../disk/slice-disk.js';
 
 /** Copies data runs of one disk natively; `hostFile` says where a data extent's bytes are. */
-export interface KernelCopier {
+export interface NativeCopier {
   /**
    * The host file holding the data extents of chain depth `depth`, if their bytes are served as stored
    * (undefined: read them through the disk).
@@ -30,10 +30,10 @@ export interface KernelCopier {
 
 /**
  * A copier for `disk`, or undefined where native copies are off: the addon is not built, or
- * QCOW_EXPORT_KERNEL_COPY=0 (for measurements and tests).
+ * QCOW_EXPORT_NATIVE_COPY=0 (for measurements and tests).
  */
-export function kernelCopier(disk: Disk): KernelCopier | undefined {
-  if (process.env.QCOW_EXPORT_KERNEL_COPY === '0') return undefined;
+export function nativeCopier(disk: Disk): NativeCopier | undefined {
+  if (process.env.QCOW_EXPORT_NATIVE_COPY === '0') return undefined;
   const a = copyAddon();
   if (!a) return undefined;
   const byDepth = new Map<number, HostFile | undefined>();

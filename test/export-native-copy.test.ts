@@ -1,5 +1,5 @@
 /**
- * The kernel-side copy of qcow-export (native/src/copy-range.c through src/export/kernel-copy.ts): used
+ * The native copy of qcow-export (native/src/copy-range.c through src/export/native-copy.ts): used
  * for a file output when no digest needs the bytes. Every view of every fixture with a full oracle is
  * exported that way and compared with QEMU's bytes, holes included; the host file each layer's data runs
  * are copied from is the right one, and none where the bytes need a transform (encryption).
@@ -12,7 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { QcowError } from '../src/errors.js';
 import { openImage } from '../src/image.js';
 import { exportToPath } from '../src/export/export-to-path.js';
-import { kernelCopier } from '../src/export/kernel-copy.js';
+import { nativeCopier } from '../src/export/native-copy.js';
 import { selectView } from '../src/export/select-view.js';
 import { type FixtureView, fixturePath, fixturesReady, loadManifest } from './support/fixtures.js';
 import { cryptFixturesReady, cryptPath } from './support/crypt-fixtures.js';
@@ -24,19 +24,19 @@ if (haveQemu && !manifest) throw new Error('fixtures/manifest.json is missing: r
 
 // The addon is built by npm ci wherever the FUSE back-end is (a C compiler, node headers): under CI it must be there.
 const probe = manifest ? await openImage(fixturePath(manifest.images.find((i) => i.name === 'v3-c64k')!.image)) : undefined;
-const haveAddon = probe ? kernelCopier(probe.active) !== undefined : false;
+const haveAddon = probe ? nativeCopier(probe.active) !== undefined : false;
 probe?.close();
 if (process.env.CI === 'true' && manifest && !haveAddon) throw new Error('native/build/Release/qcow_copy.node is missing: run `npm run build` (it builds the addon)');
 
 let tmp: string;
 beforeAll(() => {
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow-kernel-copy-'));
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow-native-copy-'));
 });
 afterAll(() => {
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 afterEach(() => {
-  delete process.env.QCOW_EXPORT_KERNEL_COPY;
+  delete process.env.QCOW_EXPORT_NATIVE_COPY;
 });
 
 function viewOf(image: Awaited<ReturnType<typeof openImage>>, v: FixtureView) {
@@ -44,7 +44,7 @@ function viewOf(image: Awaited<ReturnType<typeof openImage>>, v: FixtureView) {
   return selectView(image, { snapshot: v.id ?? v.snapshot, vmstate: v.view === 'vmstate' });
 }
 
-describe.skipIf(!manifest || !haveAddon)('kernel-side copy against QEMU', () => {
+describe.skipIf(!manifest || !haveAddon)('native copy against QEMU', () => {
   const images = manifest?.images.filter((i) => i.compare === 'full' && i.views.some((v) => v.oracle)) ?? [];
 
   for (const fx of images) {
@@ -54,7 +54,7 @@ describe.skipIf(!manifest || !haveAddon)('kernel-side copy against QEMU', () => 
         for (const v of fx.views.filter((x) => x.oracle)) {
           const what = `${fx.name} ${v.view} ${v.id ?? ''}`;
           const out = path.join(tmp, `${fx.name}-${v.view}-${v.id ?? 'a'}.raw`);
-          const result = await exportToPath(viewOf(image, v).disk, out); // no digest: kernel copies
+          const result = await exportToPath(viewOf(image, v).disk, out); // no digest: native copies
           expect(fs.readFileSync(out).equals(fs.readFileSync(fixturePath(v.oracle!))), what).toBe(true);
           expect(fs.statSync(out).blocks * 512, what).toBeLessThanOrEqual(result.written + 1024 * 1024);
           fs.rmSync(out);
@@ -89,13 +89,13 @@ describe.skipIf(!manifest || !haveAddon)('kernel-side copy against QEMU', () => 
     const datafile = await open('datafile-raw');
     const chain = await open('chain-raw-qcow2-qcow2');
     try {
-      expect(kernelCopier(plain.active)!.hostFile(0)!.path).toBe(plain.path);
-      expect(kernelCopier(datafile.active)!.hostFile(0)!.path).toBe(datafile.dataFilePath);
-      const c = kernelCopier(chain.active)!;
+      expect(nativeCopier(plain.active)!.hostFile(0)!.path).toBe(plain.path);
+      expect(nativeCopier(datafile.active)!.hostFile(0)!.path).toBe(datafile.dataFilePath);
+      const c = nativeCopier(chain.active)!;
       expect(c.hostFile(0)!.path).toBe(chain.path);
       chain.backingChain.forEach((link, i) => expect(c.hostFile(i + 1)!.path, `depth ${i + 1}`).toBe(link.path));
-      process.env.QCOW_EXPORT_KERNEL_COPY = '0';
-      expect(kernelCopier(plain.active)).toBeUndefined();
+      process.env.QCOW_EXPORT_NATIVE_COPY = '0';
+      expect(nativeCopier(plain.active)).toBeUndefined();
     } finally {
       plain.close();
       datafile.close();
@@ -121,7 +121,7 @@ describe.skipIf(!manifest || !haveAddon)('kernel-side copy against QEMU', () => 
   it.skipIf(!cryptFixturesReady())('never for encrypted data (stored bytes are not the guest bytes)', async () => {
     const image = await openImage(cryptPath('luks-aes256-xts/disk.qcow2'));
     try {
-      expect(kernelCopier(image.active)!.hostFile(0)).toBeUndefined();
+      expect(nativeCopier(image.active)!.hostFile(0)).toBeUndefined();
     } finally {
       image.close();
     }
@@ -166,7 +166,7 @@ describe.skipIf(!haveQemu || !haveAddon)('native copy: window and chunk boundari
     it(`${how}: bytes and holes as qemu-img convert's`, async () => {
       const qemuOut = path.join(dir, 'qemu.raw');
       if (!fs.existsSync(qemuOut)) execFileSync('qemu-img', ['convert', '-f', 'qcow2', '-O', 'raw', image, qemuOut]);
-      if (how === 'JavaScript') process.env.QCOW_EXPORT_KERNEL_COPY = '0';
+      if (how === 'JavaScript') process.env.QCOW_EXPORT_NATIVE_COPY = '0';
       const img = await openImage(image);
       const out = path.join(dir, `${how}.raw`);
       try {
