@@ -12,6 +12,7 @@ import type tls from 'node:tls';
 
 /** tls is loaded for an https URL only (it costs a worker's start several ms). */
 const lazy = createRequire(import.meta.url);
+export const tlsModule = (): typeof tls => lazy('node:tls') as typeof tls;
 
 /** The answer's status line and headers (names in lower case, the first value of each). */
 export interface ResponseHead {
@@ -138,7 +139,7 @@ class Connection implements Cancellable {
     private readonly timeoutMs: number,
   ) {
     if (tlsOptions) {
-      this.socket = (lazy('node:tls') as typeof tls).connect({ ...tlsOptions, host, port, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
+      this.socket = tlsModule().connect({ ...tlsOptions, host, port, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] });
       this.socket.on('data', (chunk: Buffer) => this.feed(chunk));
     } else {
       this.socket = net.connect({

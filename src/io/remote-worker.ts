@@ -6,10 +6,9 @@
  */
 import type http from 'node:http';
 import type https from 'node:https';
-import type tls from 'node:tls';
 import { createRequire } from 'node:module';
 import { parentPort } from 'node:worker_threads';
-import { type BodyTarget, type Cancellable, FallbackError, RangeClient, type ResponseHead, type Tracker } from './range-client.js';
+import { type BodyTarget, type Cancellable, FallbackError, RangeClient, type ResponseHead, type Tracker, tlsModule } from './range-client.js';
 import { FileSink, SINK_BUFFER_BYTES, SinkCancelled, SinkWriteError } from './file-sink.js';
 import { redactText, sameOrigin } from './remote-url.js';
 import {
@@ -82,7 +81,6 @@ const freeBuffers: Buffer[] = [];
 const lazy = createRequire(import.meta.url);
 const httpModule = (): typeof http => lazy('node:http') as typeof http;
 const httpsModule = (): typeof https => lazy('node:https') as typeof https;
-const tlsModule = (): typeof tls => lazy('node:tls') as typeof tls;
 
 const agents = new Map<string, http.Agent>();
 
@@ -174,28 +172,12 @@ async function probeFast(obj: RemoteObject, client: RangeClient, first: NonNulla
   let filled = 0;
   Atomics.add(obj.stats, STAT.REQUESTS, 1n);
   await client.get(requestHeaders(obj, obj.url, `bytes=0-${first.data.byteLength - 1}`), (res: ResponseHead) => {
-    const etag = header(res, 'etag');
-    const lastModified = header(res, 'last-modified');
-    if (res.statusCode === 200 && header(res, 'content-length') === '0') {
-      // An empty object: some servers (nginx) answer a Range on it with a plain empty 200.
-      answer = { size: 0, etag, lastModified };
-      return undefined;
-    }
-    if (res.statusCode === 200) throw rangeIgnored();
-    if (res.statusCode === 416) {
-      // An empty object has no byte 0: the server says so with its size.
-      const total = /^bytes \*\/(\d+)$/.exec(header(res, 'content-range') ?? '');
-      if (total && Number(total[1]) === 0) {
-        answer = { size: 0, etag, lastModified };
-        return undefined;
-      }
-    }
-    if (res.statusCode !== 206) throw statusError(res);
-    const size = checkedTotal(header(res, 'content-range'));
+    answer = probeAnswer(res);
+    if (answer.size === 0) return undefined;
+    const length = Math.min(answer.size, first.data.byteLength);
     const range = parseContentRange(header(res, 'content-range'))!;
-    const length = Math.min(size, first.data.byteLength);
     if (range.end !== length - 1) throw new FinalError(`asked for bytes 0-${first.data.byteLength - 1}, the server sent "${header(res, 'content-range') ?? ''}"`);
-    answer = { size, etag, lastModified, first: true };
+    answer.first = true;
     return {
       length,
       room: () => new Uint8Array(first.data, filled, length - filled),
@@ -208,42 +190,42 @@ async function probeFast(obj: RemoteObject, client: RangeClient, first: NonNulla
   return answer!;
 }
 
-function rangeIgnored(): FinalError {
-  return new FinalError('the server ignores Range requests (answered 200 with the whole object): it cannot serve an image');
-}
-
-/** The object's size from a Content-Range that answers a Range starting at 0. */
-function checkedTotal(text: string | undefined): number {
-  const range = parseContentRange(text);
-  if (!range || range.start !== 0) throw new FinalError(`the server answered a Range request with a bad Content-Range "${text ?? ''}"`);
-  if (range.total === undefined) throw new FinalError('the server does not say the object\'s size (Content-Range "bytes 0-0/*")');
-  if (!Number.isSafeInteger(range.total)) throw new FinalError(`the server gives an impossible size ${range.total}`);
-  return range.total;
-}
-
 /** The one-byte probe through Node's http module (not HEAD: a presigned URL is signed for one method, GET). */
 async function probeSlow(obj: RemoteObject): Promise<OpenAnswer> {
   const res = await request(obj, 'bytes=0-0');
   try {
-    if (res.statusCode === 200 && header(res, 'content-length') === '0') {
-      // An empty object: some servers (nginx) answer a Range on it with a plain empty 200.
-      return { size: 0, etag: header(res, 'etag'), lastModified: header(res, 'last-modified') };
-    }
-    if (res.statusCode === 200) throw rangeIgnored();
-    const etag = header(res, 'etag');
-    const lastModified = header(res, 'last-modified');
-    if (res.statusCode === 416) {
-      // An empty object has no byte 0: the server says so with its size.
-      const total = /^bytes \*\/(\d+)$/.exec(header(res, 'content-range') ?? '');
-      if (total && Number(total[1]) === 0) return { size: 0, etag, lastModified };
-    }
-    if (res.statusCode !== 206) throw statusError(res);
-    const size = checkedTotal(header(res, 'content-range'));
-    await drain(res);
-    return { size, etag, lastModified };
+    const answer = probeAnswer(res);
+    if (answer.size > 0) await drain(res);
+    return answer;
   } finally {
     res.destroy();
   }
+}
+
+/**
+ * What the answer to a Range request starting at byte 0 says of the object: its size and validators.
+ * Refuses a server that ignores Range and an answer that does not say the size.
+ */
+function probeAnswer(res: Answer): OpenAnswer {
+  const etag = header(res, 'etag');
+  const lastModified = header(res, 'last-modified');
+  if (res.statusCode === 200 && header(res, 'content-length') === '0') {
+    // An empty object: some servers (nginx) answer a Range on it with a plain empty 200.
+    return { size: 0, etag, lastModified };
+  }
+  if (res.statusCode === 200) throw new FinalError('the server ignores Range requests (answered 200 with the whole object): it cannot serve an image');
+  if (res.statusCode === 416) {
+    // An empty object has no byte 0: the server says so with its size.
+    const total = /^bytes \*\/(\d+)$/.exec(header(res, 'content-range') ?? '');
+    if (total && Number(total[1]) === 0) return { size: 0, etag, lastModified };
+  }
+  if (res.statusCode !== 206) throw statusError(res);
+  const text = header(res, 'content-range');
+  const range = parseContentRange(text);
+  if (!range || range.start !== 0) throw new FinalError(`the server answered a Range request with a bad Content-Range "${text ?? ''}"`);
+  if (range.total === undefined) throw new FinalError('the server does not say the object\'s size (Content-Range "bytes 0-0/*")');
+  if (!Number.isSafeInteger(range.total)) throw new FinalError(`the server gives an impossible size ${range.total}`);
+  return { size: range.total, etag, lastModified };
 }
 
 function pump(): void {
