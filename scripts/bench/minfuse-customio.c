@@ -30,13 +30,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-/* FUSE over io_uring uAPI (7.42), absent from Debian's headers: see minfuse-uring.c. */
-#define URING_FLAG2 (1u << (41 - 32))
-#define URING_CMD_REGISTER 1
-#define URING_CMD_COMMIT_AND_FETCH 2
-struct uring_ent_in_out { uint64_t flags, commit_id; uint32_t payload_sz, padding; uint64_t reserved; };
-struct uring_req_header { char in_out[128]; char op_in[128]; struct uring_ent_in_out ent; };
-struct uring_cmd_req { uint64_t flags, commit_id; uint16_t qid; uint8_t padding[6]; };
+#include "fuse-uring.h"
 #define PAYLOAD (1 << 20)
 
 struct ent {
@@ -117,20 +111,6 @@ static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *ud) {
 }
 
 /* --- the rings --- */
-static void prep(struct io_uring *ring, struct ent *e, uint32_t cmd, int qid) {
-  struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-  if (!sqe) { fprintf(stderr, "minfuse-customio: submission queue full\n"); exit(1); }
-  memset(sqe, 0, 128);
-  sqe->opcode = IORING_OP_URING_CMD;
-  sqe->fd = dev_fd;
-  sqe->cmd_op = cmd;
-  sqe->user_data = (uintptr_t)e;
-  if (cmd == URING_CMD_REGISTER) { sqe->addr = (uintptr_t)e->iov; sqe->len = 2; }
-  struct uring_cmd_req *req = (void *)sqe->cmd;
-  req->qid = qid;
-  req->commit_id = cmd == URING_CMD_COMMIT_AND_FETCH ? e->hdr.ent.commit_id : 0;
-}
-
 static void *ring_loop(void *p) {
   int qid = (int)(intptr_t)p;
   cpu_set_t cpus; CPU_ZERO(&cpus); CPU_SET(qid, &cpus);
@@ -143,7 +123,7 @@ static void *ring_loop(void *p) {
     if (posix_memalign((void **)&ents[i].payload, 4096, PAYLOAD)) exit(1);
     ents[i].iov[0] = (struct iovec){ &ents[i].hdr, sizeof ents[i].hdr };
     ents[i].iov[1] = (struct iovec){ ents[i].payload, PAYLOAD };
-    prep(&ring, &ents[i], URING_CMD_REGISTER, qid);
+    uring_prep_cmd(&ring, dev_fd, URING_CMD_REGISTER, qid, &ents[i].hdr, ents[i].iov, &ents[i]);
   }
   char *req_buf = malloc(PAYLOAD + 4096);
   for (;;) {
@@ -171,7 +151,7 @@ static void *ring_loop(void *p) {
       cur = NULL;
       __atomic_fetch_add(&n_ring, 1, __ATOMIC_RELAXED);
       if (!e->replied) { fprintf(stderr, "minfuse-customio: op %u got no synchronous reply\n", ((struct fuse_in_header *)req_buf)->opcode); exit(1); }
-      prep(&ring, e, URING_CMD_COMMIT_AND_FETCH, qid);
+      uring_prep_cmd(&ring, dev_fd, URING_CMD_COMMIT_AND_FETCH, qid, &e->hdr, e->iov, e);
     }
     io_uring_cq_advance(&ring, seen);
   }

@@ -14,9 +14,8 @@
  * `umount MOUNTPOINT` (or SIGTERM/SIGINT) ends it; SIGUSR1 prints the request counters on stderr.
  *   gcc -O2 -pthread -o /tmp/minfuse-uring scripts/bench/minfuse-uring.c -luring
  *   /tmp/minfuse-uring RAWFILE MOUNTPOINT --dev 2 | --uring [--entries K] [--defer] [--nopin] [--pin-offset N] [--dual] [--adaptive] [--ra KB]
- * liburing (Debian's 2.3, liburing-dev) only sets up the rings; the FUSE uAPI for io_uring (protocol
- * 7.42, kernel 6.14+) is newer than Debian's <linux/fuse.h>, so its few definitions are spelt out below
- * from the kernel's include/uapi/linux/fuse.h and Documentation/filesystems/fuse-io-uring.rst. */
+ * liburing (Debian's 2.3, liburing-dev) only sets up the rings; the FUSE uAPI for io_uring is in
+ * fuse-uring.h beside this file. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <dirent.h>
@@ -37,16 +36,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-/* --- FUSE over io_uring uAPI (7.42), absent from Debian's 7.38 header --- */
-#define URING_FLAG2 (1u << (41 - 32)) /* FUSE_OVER_IO_URING: bit 41 of the flags, i.e. bit 9 of flags2 */
-#define URING_CMD_REGISTER 1
-#define URING_CMD_COMMIT_AND_FETCH 2
-#define URING_PROTO_MINOR 42
-struct uring_ent_in_out { uint64_t flags, commit_id; uint32_t payload_sz, padding; uint64_t reserved; };
-/* iov[0] of REGISTER: fuse_in_header (request) / fuse_out_header (reply), then the opcode's fixed
- * argument (e.g. fuse_read_in), then the entry's bookkeeping. Everything else goes through iov[1]. */
-struct uring_req_header { char in_out[128]; char op_in[128]; struct uring_ent_in_out ent; };
-struct uring_cmd_req { uint64_t flags, commit_id; uint16_t qid; uint8_t padding[6]; }; /* in sqe->cmd */
+#include "fuse-uring.h"
 
 #define MAX_PAGES 248
 #define MAX_WRITE (MAX_PAGES * 4096)
@@ -202,20 +192,6 @@ static int nq, ready_queues;
 static pthread_mutex_t ready_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ready_cv = PTHREAD_COND_INITIALIZER;
 
-static void prep_cmd(struct io_uring *ring, struct ent *e, uint32_t cmd, int qid) {
-  struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-  if (!sqe) { fprintf(stderr, "minfuse-uring: submission queue full\n"); exit(1); }
-  memset(sqe, 0, 128);
-  sqe->opcode = IORING_OP_URING_CMD;
-  sqe->fd = dev_fd;
-  sqe->cmd_op = cmd;
-  sqe->user_data = (uintptr_t)e;
-  if (cmd == URING_CMD_REGISTER) { sqe->addr = (uintptr_t)e->iov; sqe->len = 2; }
-  struct uring_cmd_req *req = (void *)sqe->cmd;
-  req->qid = qid;
-  req->commit_id = cmd == URING_CMD_COMMIT_AND_FETCH ? e->hdr.ent.commit_id : 0;
-}
-
 static void *uring_loop(void *p) {
   int t = (int)(intptr_t)p, qid = t % nq; /* with --dual, threads nq..2nq-1 serve the queues again */
   cpu_set_t cpus;
@@ -239,7 +215,7 @@ static void *uring_loop(void *p) {
     if (posix_memalign((void **)&e->payload, 4096, MAX_WRITE)) die("payload buffer");
     e->iov[0] = (struct iovec){ &e->hdr, sizeof e->hdr };
     e->iov[1] = (struct iovec){ e->payload, MAX_WRITE };
-    prep_cmd(&ring, e, URING_CMD_REGISTER, qid);
+    uring_prep_cmd(&ring, dev_fd, URING_CMD_REGISTER, qid, &e->hdr, e->iov, e);
   }
   rc = io_uring_submit(&ring);
   if (rc != n_entries) { errno = rc < 0 ? -rc : EIO; die("REGISTER submit"); }
@@ -282,7 +258,7 @@ static void *uring_loop(void *p) {
       oh->error = r < 0 ? r : 0;
       oh->len = sizeof *oh + body;
       e->hdr.ent.payload_sz = body;
-      prep_cmd(&ring, e, URING_CMD_COMMIT_AND_FETCH, qid);
+      uring_prep_cmd(&ring, dev_fd, URING_CMD_COMMIT_AND_FETCH, qid, &e->hdr, e->iov, e);
     }
     io_uring_cq_advance(&ring, seen);
   }
