@@ -58,7 +58,9 @@ export class Scratch {
   }
 
   /** Runs the CLI and waits for it (a background mount returns once ready). */
-  cli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeout?: number; prefix?: string[]; nodeArgs?: string[]; input?: Buffer } = {}): SpawnSyncReturns<string> {
+  cli(args: string[], opts: { env?: NodeJS.ProcessEnv; timeout?: number; prefix?: string[]; nodeArgs?: string[]; input?: Buffer; asProgram?: boolean } = {}): SpawnSyncReturns<string> {
+    // asProgram: run the file itself, as an installed command runs (its first line picks Node's options).
+    if (opts.asProgram) return spawnSync(CLI, args, { env: opts.env ?? this.env(), encoding: 'utf8', timeout: opts.timeout ?? 90_000, input: opts.input });
     const node = [...(opts.nodeArgs ?? []), CLI, ...args];
     const cmd = opts.prefix ? opts.prefix[0]! : process.execPath;
     const argv = opts.prefix ? [...opts.prefix.slice(1), process.execPath, ...node] : node;

@@ -123,7 +123,7 @@ describe.skipIf(!ready)('qcow-mount URL: headers, TLS and servers that misbehave
     }
   });
 
-  it('reads over TLS from a self-signed server with --ca-file, and refuses it without', async () => {
+  it('reads over TLS from a self-signed server with --ca-file or NODE_EXTRA_CA_CERTS, and refuses it without', async () => {
     const server = await startNginx(fixturesDir, { tls: true });
     const mnt = scratch.mountPoint('tls');
     try {
@@ -132,6 +132,15 @@ describe.skipIf(!ready)('qcow-mount URL: headers, TLS and servers that misbehave
       expect(refused.stderr.trim().split('\n')).toHaveLength(1);
       expect(refused.stderr).toMatch(/certificate/);
       scratch.mount(`${server.url}/${small().image}`, mnt, ['--ca-file', server.certFile!]);
+      compareViews(mnt, small());
+      expect(scratch.unmount(mnt).status).toBe(0);
+      // NODE_EXTRA_CA_CERTS, as the installed command takes it: Node never parses it at start (neither the
+      // command's nor the daemon's), our TLS code reads it at the first https open.
+      const r = scratch.cli([`${server.url}/${small().image}`, mnt], { asProgram: true, env: scratch.env({ NODE_EXTRA_CA_CERTS: server.certFile! }) });
+      expect(r.status, r.stderr).toBe(0);
+      const environ = fs.readFileSync(`/proc/${daemonPid(scratch, mnt)}/environ`, 'utf8').split('\0');
+      expect(environ.filter((e) => e.startsWith('NODE_EXTRA_CA_CERTS='))).toEqual([]);
+      expect(environ).toContain(`QCOW_NODE_EXTRA_CA_CERTS=${server.certFile!}`);
       compareViews(mnt, small());
       expect(scratch.unmount(mnt).status).toBe(0);
     } finally {

@@ -386,7 +386,7 @@ async function runExports(set: ImageSet, rounds: number, results: BenchResults):
         const tools: [string, () => Promise<number>][] = [
           [
             'qcow-export',
-            async () => (await runOk(process.execPath, [qcowExport, '-q', ...(v.snapshot ? ['--snapshot', v.snapshot] : []), v.image, out], { timeoutMs: 600_000 })).ms,
+            async () => (await runOk(qcowExport, ['-q', ...(v.snapshot ? ['--snapshot', v.snapshot] : []), v.image, out], { timeoutMs: 600_000 })).ms,
           ],
           [
             'qemu-img convert',
@@ -405,7 +405,7 @@ async function runExports(set: ImageSet, rounds: number, results: BenchResults):
         // The digest alone: ours reads the view (nothing written to /dev/null); QEMU's way is convert and
         // sha256sum; and sha256sum of QEMU's raw output alone (page cache warm), the floor of that way.
         const hashTools: [string, () => Promise<number>][] = [
-          ['qcow-export --hash (/dev/null)', async () => (await runOk(process.execPath, [qcowExport, '-q', '--hash', 'sha256', ...(v.snapshot ? ['--snapshot', v.snapshot] : []), v.image, '/dev/null'], { timeoutMs: 600_000 })).ms],
+          ['qcow-export --hash (/dev/null)', async () => (await runOk(qcowExport, ['-q', '--hash', 'sha256', ...(v.snapshot ? ['--snapshot', v.snapshot] : []), v.image, '/dev/null'], { timeoutMs: 600_000 })).ms],
           [
             'qemu-img convert + sha256sum',
             async () =>

@@ -17,6 +17,8 @@ import { toolsAvailable } from './support/tools.js';
 const CLI = path.join(repoRoot, 'dist/cli');
 const COMMANDS = ['qcow-mount', 'qcow-info', 'qcow-export', 'qcow-diff'];
 const bin = (cmd: string) => path.join(CLI, `${cmd}.js`);
+/** Each command's first line: Node started without NODE_EXTRA_CA_CERTS, its file name passed on to us (src/io/trusted-ca.ts). */
+const SHEBANG = '#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS QCOW_NODE_EXTRA_CA_CERTS=${NODE_EXTRA_CA_CERTS} node';
 for (const cmd of COMMANDS) if (!fs.existsSync(bin(cmd))) throw new Error(`${bin(cmd)} is missing: run \`npm run build\` first (npm test does)`);
 
 const haveQemu = toolsAvailable('qemu-img');
@@ -40,13 +42,30 @@ describe('one file per command', () => {
       expect(pkg.bin[cmd]).toBe(`./dist/cli/${cmd}.js`);
       expect(fs.statSync(bin(cmd)).mode & 0o111, cmd).not.toBe(0);
       const js = fs.readFileSync(bin(cmd), 'utf8');
-      expect(js.startsWith('#!/usr/bin/env node\n'), cmd).toBe(true);
+      expect(js.startsWith(`${SHEBANG}\n`), cmd).toBe(true);
       // Only Node's built-ins and the packages with native addons (loaded at run time) stay outside.
       const imported = [...js.matchAll(/^import .* from ["']([^"']+)["'];?$/gm)].map((m) => m[1]);
       expect(imported.filter((m) => !m!.startsWith('node:')), cmd).toEqual([]);
       expect(js, cmd).not.toMatch(/\bimport\(["']\.\.?\//);
       expect(fs.existsSync(`${bin(cmd)}.map`), `${cmd}.js.map`).toBe(true);
     }
+  });
+
+  it('started as a program, Node does not load NODE_EXTRA_CA_CERTS: the command is handed its name', () => {
+    // Node warns when it cannot load the file at start; run through `node`, it still does (the control).
+    const env = { ...process.env, NODE_EXTRA_CA_CERTS: path.join(tmp, 'no-such-bundle.pem') };
+    expect(spawnSync(process.execPath, [bin('qcow-info'), '--version'], { env, encoding: 'utf8' }).stderr).toMatch(/Ignoring extra certs/);
+    for (const cmd of COMMANDS) {
+      const r = spawnSync(bin(cmd), ['--version'], { env, encoding: 'utf8' });
+      expect(r.status, cmd).toBe(0);
+      expect(r.stderr, cmd).toBe('');
+    }
+    const probe = path.join(tmp, 'env-probe.js');
+    fs.writeFileSync(probe, `${SHEBANG}\nconsole.log(JSON.stringify([process.env.NODE_EXTRA_CA_CERTS ?? null, process.env.QCOW_NODE_EXTRA_CA_CERTS ?? null]));\n`, { mode: 0o755 });
+    expect(JSON.parse(spawnSync(probe, { env, encoding: 'utf8' }).stdout)).toEqual([null, env.NODE_EXTRA_CA_CERTS]);
+    const unset = { ...process.env };
+    delete unset.NODE_EXTRA_CA_CERTS;
+    expect(JSON.parse(spawnSync(probe, { env: unset, encoding: 'utf8' }).stdout)).toEqual([null, '']);
   });
 
   it('every worker script a command starts is bundled beside it', () => {

@@ -93,4 +93,31 @@ describe.runIf(ready)('qcow-info and qcow-export by URL', () => {
     expect(r.status).toBe(2);
     expect(r.stderr.trim()).toBe(`qcow-info: ${ng.url}/nope.qcow2: the server answered 404 Not Found`);
   });
+
+  it('NODE_EXTRA_CA_CERTS, deferred by the commands to the first https open, still trusts a self-signed server', async () => {
+    const tls = await startNginx(fixturesDir, { tls: true });
+    try {
+      const url = `${tls.url}/zlib-c64k/disk.qcow2`;
+      // Run as a program, as users do: the first line moves the variable aside (src/io/trusted-ca.ts).
+      const run = (extra: string | undefined) => {
+        const env = { ...process.env };
+        delete env.NODE_EXTRA_CA_CERTS;
+        if (extra !== undefined) env.NODE_EXTRA_CA_CERTS = extra;
+        return spawnSync(path.join(repoRoot, 'dist/cli/qcow-info.js'), ['--json', url], { encoding: 'utf8', env, timeout: 60_000 });
+      };
+      let r = run(tls.certFile!);
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stderr).toBe('');
+      expect((JSON.parse(r.stdout) as { virtualSize: number }).virtualSize).toBeGreaterThan(0);
+      r = run(undefined);
+      expect(r.status).toBe(2);
+      expect(r.stderr).toMatch(/certificate/);
+      r = run(path.join(tmp, 'missing.pem'));
+      expect(r.status).toBe(2);
+      expect(r.stderr).toMatch(/^qcow-info: warning: ignoring extra certificates from \S*missing\.pem \(NODE_EXTRA_CA_CERTS\): ENOENT/);
+      expect(r.stderr).toMatch(/certificate/);
+    } finally {
+      await tls.stop();
+    }
+  });
 });

@@ -100,7 +100,7 @@ async function mountOurs(req: MountRequest, peer: 'ours' | 'compat'): Promise<Mo
   trackMount(mnt);
   const t0 = process.hrtime.bigint();
   const cli = req.oursCli ?? QCOW_MOUNT;
-  const r = await run(process.execPath, [cli, ...(req.oursArgs ?? []), req.image, mnt], { env, timeoutMs: 120_000 });
+  const r = await run(cli, [...(req.oursArgs ?? []), req.image, mnt], { env, timeoutMs: 120_000 });
   if (r.code !== 0) {
     unmountSync(mnt);
     untrackMount(mnt);
@@ -117,7 +117,7 @@ async function mountOurs(req: MountRequest, peer: 'ours' | 'compat'): Promise<Mo
     pid: pid ?? 0,
     mountMs,
     async stop() {
-      const u = await run(process.execPath, [cli, '-u', mnt], { env, timeoutMs: 60_000 });
+      const u = await run(cli, ['-u', mnt], { env, timeoutMs: 60_000 });
       if (u.code !== 0) log(`qcow-mount -u ${mnt}: ${u.stderr.trim()}`);
       unmountSync(mnt);
       untrackMount(mnt);

@@ -43,7 +43,7 @@ try {
       // timeout(1) inside time(1): a stalled run is killed itself (QEMU 7.2's curl driver stalls for good).
       const timed = (seconds: number) => ['-f', '%U %S', '--', 'timeout', '-s', 'KILL', String(seconds)];
       const r = dist
-        ? await run('/usr/bin/time', [...timed(120), process.execPath, path.join(dist, 'cli', 'qcow-export.js'), '-q', '-f', url, out])
+        ? await run('/usr/bin/time', [...timed(120), path.join(dist, 'cli', 'qcow-export.js'), '-q', '-f', url, out])
         : await run('/usr/bin/time', [...timed(40), 'qemu-img', 'convert', ...(who === 'qemu-m1' ? ['-m', '1'] : []), '-O', 'raw', qemuJson, out]);
       const s = Number(process.hrtime.bigint() - t0) / 1e9;
       if (r.code !== 0) {

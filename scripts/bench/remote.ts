@@ -240,7 +240,7 @@ export async function benchRemote(opt: RemoteBenchOptions): Promise<RemoteRow[]>
             const t0 = process.hrtime.bigint();
             const qemuJson = `json:${JSON.stringify({ file: { driver: url.startsWith('https:') ? 'https' : 'http', url, timeout: QEMU_CURL_TIMEOUT_S } })}`;
             const r = !who.startsWith('qemu')
-              ? await run(process.execPath, [cliOf(who, 'qcow-export.js'), '-q', '-f', url, out], { timeoutMs: EXPORT_TIMEOUT_MS })
+              ? await run(cliOf(who, 'qcow-export.js'), ['-q', '-f', url, out], { timeoutMs: EXPORT_TIMEOUT_MS })
               : await run('qemu-img', ['convert', ...(who === 'qemu-m1' ? ['-m', '1'] : []), '-O', 'raw', qemuJson, out], { timeoutMs: QEMU_STALL_MS });
             const s = Number(process.hrtime.bigint() - t0) / 1e9;
             fs.rmSync(out, { force: true });

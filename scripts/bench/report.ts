@@ -323,7 +323,7 @@ export function renderMarkdown(r: BenchResults): string {
 
   L.push('## Method');
   L.push('');
-  L.push('- Peers: qcow-mount (`node dist/cli/qcow-mount.js IMAGE MNT`, background daemon), qcowmount (libqcow, C, libfuse 2), qemu-storage-daemon');
+  L.push('- Peers: qcow-mount (`dist/cli/qcow-mount.js IMAGE MNT` run as a program, as the installed command runs, background daemon), qcowmount (libqcow, C, libfuse 2), qemu-storage-daemon');
   L.push('  `--export type=fuse` (QEMU, C, libfuse 3), and `scripts/bench/passthrough.mjs`: one raw file (`qemu-img convert -O raw` output) served by');
   L.push('  fs.readSync through fuse-native with qcow-mount\'s own mount options (it mounts through dist/mount/fuse-adapter.js, so it also gets');
   L.push('  qcow-mount\'s direct read handler and adaptive polling): the Node ceiling.');

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS QCOW_NODE_EXTRA_CA_CERTS=${NODE_EXTRA_CA_CERTS} node
 /**
  * qcow-diff IMAGE FROM TO: the guest ranges where two views of a qcow2 image may differ, from its L1/L2
  * tables alone; optionally verified against the data, as JSON, and as an SVG timeline of every snapshot.

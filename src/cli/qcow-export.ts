@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS QCOW_NODE_EXTRA_CA_CERTS=${NODE_EXTRA_CA_CERTS} node
 /**
  * qcow-export IMAGE OUTPUT: writes one view of a qcow2 image (the active disk, a snapshot's disk, or a
  * snapshot's VM state) as a raw file, sparse, with an optional digest and a progress bar on a terminal.

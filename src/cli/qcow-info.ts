@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS QCOW_NODE_EXTRA_CA_CERTS=${NODE_EXTRA_CA_CERTS} node
 /**
  * qcow-info IMAGE: what `qemu-img info` and `qemu-img snapshot -l` tell, plus the backing chain, feature
  * names and the files a mount shows. `--json` prints the same description the mount serves as info.json.

@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS QCOW_NODE_EXTRA_CA_CERTS=${NODE_EXTRA_CA_CERTS} node
 /**
  * qcow-mount [options] IMAGE MOUNTPOINT   mount a qcow2 image read-only (background daemon)
  * qcow-mount -u [-z] MOUNTPOINT           unmount it and wait for the daemon to exit

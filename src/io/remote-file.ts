@@ -20,6 +20,7 @@ import {
   controlMessage,
 } from './remote-protocol.js';
 import { parseRemoteUrl, redactText, redactUrl } from './remote-url.js';
+import { withDeferredCa } from './trusted-ca.js';
 import { workerScript } from '../package-files.js';
 
 export const DEFAULT_REMOTE_CACHE_SIZE = 256 * 1024 * 1024;
@@ -138,7 +139,7 @@ export class RemoteFile implements ImageFile {
     const shown = redactUrl(url);
     const settings: ConnectionSettings = {
       headers: options.headers ?? [],
-      ca: options.ca,
+      ca: url.protocol === 'https:' ? withDeferredCa(options.ca) : options.ca,
       timeoutMs: options.timeoutMs ?? 15_000,
       retries: options.retries ?? 4,
       backoffMs: options.backoffMs ?? 250,
