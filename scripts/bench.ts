@@ -84,7 +84,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--workloads') a.workloads = new Set(v().split(','));
     else if (k === '--help' || k === '-h') {
       process.stdout.write(
-        `npm run bench -- [--quick] [--rounds N] [--seconds S] [--seq-mib N] [--only ${SECTIONS.join(',')}] [--skip ...] [--out PATH-WITHOUT-EXTENSION] [--wait-quiet MINUTES] [--peers ours,compat,qcowmount,qsd,passthrough] [--workloads seq-1m,seq-128k,dd-1m,rand-4k-1,rand-4k-4,rand-64k]\n`,
+        `npm run bench -- [--quick] [--rounds N] [--seconds S] [--seq-mib N] [--only ${SECTIONS.join(',')}] [--skip ...] [--out PATH-WITHOUT-EXTENSION] [--wait-quiet MINUTES] [--peers ours,ours-dio,compat,qcowmount,qsd,passthrough] [--workloads seq-1m,seq-128k,dd-1m,rand-4k-1,rand-4k-4,rand-64k]\n`,
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${k} (see --help)`);
@@ -151,9 +151,16 @@ interface Scenario {
   reference?: string;
 }
 
+/** Where the native back-end is also measured with -o direct_io (the views of the native goals). */
+const DIRECT_IO_SCENARIOS = new Set(['full', 'snapshot']);
+
 function scenarios(set: ImageSet): Scenario[] {
   // Every view qcow-mount serves is measured on both its back-ends: native (ours) and compat.
-  return baseScenarios(set).map((sc) => (sc.targets.ours ? { ...sc, targets: { ...sc.targets, compat: { ...sc.targets.ours } } } : sc));
+  return baseScenarios(set).map((sc) => {
+    if (!sc.targets.ours) return sc;
+    const dio = DIRECT_IO_SCENARIOS.has(sc.id) ? { 'ours-dio': { ...sc.targets.ours } } : {};
+    return { ...sc, targets: { ...sc.targets, ...dio, compat: { ...sc.targets.ours } } };
+  });
 }
 
 function baseScenarios(set: ImageSet): Scenario[] {

@@ -28,6 +28,11 @@ describe('-o mount options', () => {
     expect(o).toEqual({ allowOther: true, uid: 1000, gid: 100, l2CacheBytes: 64 * 2 ** 20, clusterCacheBytes: 2 ** 30 });
   });
 
+  it('reads direct_io as a flag, and the back-end', () => {
+    expect(parseMountOptions(['fuse=native,direct_io'])).toEqual({ allowOther: false, fuse: 'native', directIo: true });
+    expect(usageError(() => parseMountOptions(['direct_io=1'])).message).toContain('takes no value');
+  });
+
   it('ignores empty items and surrounding blanks; later options win', () => {
     expect(parseMountOptions([',uid=1, ,uid=2,'])).toEqual({ allowOther: false, uid: 2 });
   });

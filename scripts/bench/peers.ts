@@ -3,6 +3,7 @@
  * - ours: qcow-mount (dist/cli/qcow-mount.js, background mode) with its native back-end (-o fuse=native),
  *   file active.raw or snapshots/NAME.raw
  * - compat: the same with the fuse-native back-end (-o fuse=compat)
+ * - ours-dio: the native back-end with -o direct_io (no page cache: one copy per byte, no readahead)
  * - qcowmount: libqcow's FUSE mount (C, libfuse2), file qcow1 (the active disk only; no zstd, no backing)
  * - qsd: qemu-storage-daemon's FUSE export (C, libfuse3) of the image, on a regular file
  * - passthrough: scripts/bench/passthrough.mjs, a raw file through fuse-native (the Node ceiling)
@@ -15,8 +16,8 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { REPO, WORK, findPids, isMounted, log, memOf, pidAlive, run, sleep, stopPid, track, trackMount, trackPid, unmountSync, untrackMount, untrackPid } from './util.js';
 
-export type PeerName = 'ours' | 'compat' | 'qcowmount' | 'qsd' | 'passthrough';
-export const PEERS: PeerName[] = ['ours', 'compat', 'qcowmount', 'qsd', 'passthrough'];
+export type PeerName = 'ours' | 'ours-dio' | 'compat' | 'qcowmount' | 'qsd' | 'passthrough';
+export const PEERS: PeerName[] = ['ours', 'ours-dio', 'compat', 'qcowmount', 'qsd', 'passthrough'];
 
 export interface Mounted {
   peer: PeerName;
@@ -83,6 +84,8 @@ export async function mountPeer(peer: PeerName, req: MountRequest): Promise<Moun
   switch (peer) {
     case 'ours':
       return mountOurs({ ...req, oursArgs: ['-o', 'fuse=native', ...(req.oursArgs ?? [])] }, 'ours');
+    case 'ours-dio':
+      return mountOurs({ ...req, tag: `${req.tag}-dio`, oursArgs: ['-o', 'fuse=native,direct_io', ...(req.oursArgs ?? [])] }, 'ours-dio');
     case 'compat':
       return mountOurs({ ...req, tag: `${req.tag}-compat`, oursArgs: ['-o', 'fuse=compat', ...(req.oursArgs ?? [])] }, 'compat');
     case 'qcowmount':
@@ -94,7 +97,7 @@ export async function mountPeer(peer: PeerName, req: MountRequest): Promise<Moun
   }
 }
 
-async function mountOurs(req: MountRequest, peer: 'ours' | 'compat'): Promise<Mounted> {
+async function mountOurs(req: MountRequest, peer: 'ours' | 'ours-dio' | 'compat'): Promise<Mounted> {
   const mnt = freshDir(`${peer}-${req.tag}`);
   const env = { ...process.env, ...req.oursEnv, QCOW_MOUNT_STATE_DIR: STATE };
   trackMount(mnt);

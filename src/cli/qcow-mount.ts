@@ -68,6 +68,9 @@ Mount options (-o, comma-separated; several -o add up):
   remote_cache_size=SIZE     for an http(s) URL: cache of fetched blocks (default 256M)
   fuse=native|compat         FUSE back-end: native (libfuse 3 addon; the default when built) or
                              compat (fuse-native); $QCOW_MOUNT_FUSE sets the default
+  direct_io                  (native) no page cache: reads of 128 KiB and more ~1.5-1.8x faster, random
+                             4 KiB ~1.1-1.3x, but reads under 64 KiB each a round trip (4 KiB ones
+                             5-7x slower) and mmap(MAP_SHARED) refused; for imaging (dd bs=1M, fio)
   ram_below_4g=SIZE          the VM's max-ram-below-4g machine option, for .ram/.core (the VM state
                              does not record it; default: QEMU's rule for the machine type and RAM size)
 
@@ -135,6 +138,7 @@ function serialiseOptions(o: MountOptions): string {
   if (o.clusterCacheBytes !== undefined) parts.push(`cluster_cache_size=${o.clusterCacheBytes}`);
   if (o.remoteCacheBytes !== undefined) parts.push(`remote_cache_size=${o.remoteCacheBytes}`);
   if (o.fuse !== undefined) parts.push(`fuse=${o.fuse}`);
+  if (o.directIo) parts.push('direct_io');
   if (o.ramBelow4g !== undefined) parts.push(`ram_below_4g=${o.ramBelow4g}`);
   return parts.join(',');
 }

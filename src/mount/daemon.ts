@@ -182,6 +182,11 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
     hooks.failed(backend.problem, EXIT.MOUNT);
     return;
   }
+  if (backend === 'compat' && config.options.directIo) {
+    image.close();
+    hooks.failed('-o direct_io needs the native FUSE back-end (fuse-native cannot open files for direct I/O)', EXIT.MOUNT);
+    return;
+  }
   let optionString: string;
   let nativeOpen: (() => boolean) | undefined;
   let nativeStats: (() => NativeStats) | undefined;
@@ -200,6 +205,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
         hostFds: slots.fds,
         mapperFor: (node) => qcow2Mapper(node, slots),
         ...nativeKnobs(),
+        directIo: config.options.directIo === true,
         read: ops.read.bind(ops),
         statfs: statfs!,
       });

@@ -112,6 +112,8 @@ export interface NativeMountOptions {
   readAheadKb?: number;
   /** Reply with host data spliced from the host file (default); false: copied through a buffer. */
   splice?: boolean;
+  /** Open files for direct I/O (FOPEN_DIRECT_IO; st_blksize 1 MiB so stdio and coreutils read big). */
+  directIo?: boolean;
   /** Every request through JS, logged (the compat back-end's -d). */
   debug?: boolean;
   logger: Logger;
@@ -253,6 +255,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
       cacheSeconds: cache,
       debug: options.debug ? 1 : 0,
       splice: options.splice === false ? 0 : 1,
+      directIo: options.directIo ? 1 : 0,
       mapLimitBytes: options.mapLimitBytes ?? 64 * 1024 * 1024,
       nodes: list,
       views,
@@ -285,7 +288,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
 
   return {
     mountPoint,
-    optionString: `${optionString},max_write=${maxWrite},threads=${options.threads ?? 3}${readAhead > 0 ? `,read_ahead_kb=${readAhead}` : ''}${options.splice === false ? ',no_splice' : ''}`,
+    optionString: `${optionString},max_write=${maxWrite},threads=${options.threads ?? 3}${readAhead > 0 ? `,read_ahead_kb=${readAhead}` : ''}${options.splice === false ? ',no_splice' : ''}${options.directIo ? ',direct_io' : ''}`,
     ended,
     sessionOpen: () => open,
     stats: () => finalStats ?? a.stats(session),

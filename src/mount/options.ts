@@ -13,6 +13,11 @@ export interface MountOptions {
   remoteCacheBytes?: number;
   /** FUSE back-end: the native libfuse 3 addon, or fuse-native (default: native when built). */
   fuse?: 'native' | 'compat';
+  /**
+   * Files opened for direct I/O (FOPEN_DIRECT_IO): each read goes to the daemon as it is, with no page
+   * cache in between (one copy instead of two; no readahead). Native back-end only.
+   */
+  directIo?: boolean;
   /** The VM's max-ram-below-4g (where guest RAM below 4 GiB ends, for .ram/.core); the stream does not say. */
   ramBelow4g?: number;
 }
