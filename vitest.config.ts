@@ -34,8 +34,8 @@ export default defineConfig({
         },
       },
       ...(nativeBuilt || CI ? [mountProject('native', 'native', 0)] : []),
-      // The addon's own tests (fuse3-*) need no second run.
-      mountProject('native-compat', 'compat', 1, ['native-test/fuse3-*.test.ts']),
+      // The addon's own tests (fuse3-*) and those of native-only options name their back-end: no second run.
+      mountProject('native-compat', 'compat', 1, ['native-test/fuse3-*.test.ts', 'native-test/mount-direct-io.test.ts']),
     ],
   },
 });
