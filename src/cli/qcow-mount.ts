@@ -68,9 +68,9 @@ Mount options (-o, comma-separated; several -o add up):
   remote_cache_size=SIZE     for an http(s) URL: cache of fetched blocks (default 256M)
   fuse=native|compat         FUSE back-end: native (libfuse 3 addon; the default when built) or
                              compat (fuse-native); $QCOW_MOUNT_FUSE sets the default
-  direct_io                  (native) no page cache: reads of 128 KiB and more ~1.5-1.8x faster, random
-                             4 KiB ~1.1-1.3x, but reads under 64 KiB each a round trip (4 KiB ones
-                             5-7x slower) and mmap(MAP_SHARED) refused; for imaging (dd bs=1M, fio)
+  direct_io                  (native) no page cache: reads of 64 KiB and more 1.3-2.5x faster, smaller
+                             ones each a round trip (4 KiB: 7x slower; dd without bs= far worse),
+                             nothing cached, mmap(MAP_SHARED) refused: for imaging and hashing in big reads
   ram_below_4g=SIZE          the VM's max-ram-below-4g machine option, for .ram/.core (the VM state
                              does not record it; default: QEMU's rule for the machine type and RAM size)
 
