@@ -13,6 +13,7 @@ command -v fusermount3 >/dev/null || need+=(fuse3)
 ldconfig -p | grep -q 'libfuse\.so\.2 ' || need+=(libfuse2)
 # The native FUSE back-end (built by npm ci): libfuse 3 headers, pkg-config and a C toolchain.
 pkg-config --exists fuse3 2>/dev/null || need+=(libfuse3-dev pkg-config)
+pkg-config --exists liburing 2>/dev/null || need+=(liburing-dev)
 command -v make >/dev/null && command -v cc >/dev/null || need+=(make gcc)
 if [ ${#need[@]} -gt 0 ]; then
   echo "demo: installing ${need[*]}"

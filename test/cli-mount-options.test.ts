@@ -43,6 +43,13 @@ describe('-o mount options', () => {
     expect(err.message).toMatch(/^unknown mount option/);
   });
 
+  it('reads fuse_uring (a flag: no value), alone or with fuse=native; lists it among the known options', () => {
+    expect(parseMountOptions(['fuse_uring'])).toEqual({ allowOther: false, fuseUring: true });
+    expect(parseMountOptions(['fuse=native,fuse_uring', 'ro'])).toEqual({ allowOther: false, fuse: 'native', fuseUring: true });
+    expect(usageError(() => parseMountOptions(['fuse_uring=1'])).message).toContain('takes no value');
+    expect(usageError(() => parseMountOptions(['fuse_urin'])).message).toContain('fuse_uring');
+  });
+
   it('refuses rw: the mount is read-only', () => {
     expect(usageError(() => parseMountOptions(['rw'])).message).toContain('read-only');
   });

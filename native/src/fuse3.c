@@ -33,6 +33,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "fuse-uring.h"
 #include "inflate-cluster.h"
 #include "sector-crypt.h"
 
@@ -90,6 +91,7 @@ typedef struct {
 
 typedef struct pending {
   fuse_req_t req;
+  fuse_uring_ent_t *ent; /* the ring entry the request came in, or NULL (/dev/fuse) */
   uint64_t ino;
   uint64_t off;
   uint64_t size;
@@ -110,6 +112,11 @@ typedef struct session {
   int debug;
   int splice;
   int direct_io; /* -o direct_io: files opened FOPEN_DIRECT_IO */
+  /* -o fuse_uring: asked for; the hooks (when installed); what INIT settled. */
+  int want_uring;
+  unsigned uring_entries; /* per queue; 0: chosen from the CPU count */
+  fuse_uring_t *uring;
+  const char *uring_problem; /* why the hooks could not be installed */
 
   node_t *nodes;
   uint64_t nnodes;
@@ -196,13 +203,52 @@ static void fill_entry(session_t *s, node_t *n, struct fuse_entry_param *e) {
   e->entry_timeout = s->cache_seconds;
 }
 
+/* A ring entry's payload: the kernel wants room for max(max_write, max_pages pages, 8 KiB). */
+static size_t uring_payload(session_t *s) {
+  size_t p = ((size_t)s->max_write + 4095) & ~(size_t)4095;
+  return p < 8192 ? 8192 : p;
+}
+
+/* Entries per queue: more than the hand-offs to JavaScript in flight from one CPU (a parked entry holds
+ * its queue's capacity), 8 where that costs 16 MiB of address space (2 CPUs, 992 KiB each), fewer
+ * on big hosts so that all queues together map at most 128 MiB; never under 2. Only pages a request
+ * touches count in RSS (a 4 KiB read: one). */
+static unsigned uring_entries(session_t *s) {
+  if (s->uring_entries) return s->uring_entries;
+  FILE *f = fopen("/sys/devices/system/cpu/possible", "r");
+  char line[256] = "";
+  unsigned cpus = 1;
+  if (f && fgets(line, sizeof line, f)) {
+    char *c = strrchr(line, '-'), *comma = strrchr(line, ',');
+    if (comma && (!c || comma > c)) c = comma;
+    cpus = (unsigned)atoi(c ? c + 1 : line) + 1;
+  }
+  if (f) fclose(f);
+  size_t k = (128u << 20) / ((size_t)cpus * uring_payload(s));
+  return k < 2 ? 2 : k > 8 ? 8 : (unsigned)k;
+}
+
 static void op_init(void *userdata, struct fuse_conn_info *conn) {
   session_t *s = userdata;
   if (s->splice && (conn->capable & FUSE_CAP_SPLICE_WRITE)) conn->want |= FUSE_CAP_SPLICE_WRITE;
   if (!s->splice) conn->want &= ~FUSE_CAP_SPLICE_WRITE;
   conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_MOVE); /* splice reads cost ~40% of random IOPS */
   conn->max_write = s->max_write; /* libfuse derives max_pages from it */
-  emit(s, "init", NULL, (int)conn->proto_minor);
+  /* The event's text names the transport: "io_uring", or "dev: why" when it was asked for but not
+   * negotiated; NULL when it was not asked for. */
+  char transport[200];
+  const char *text = NULL;
+  if (s->want_uring) {
+    const char *why = s->uring_problem ? s->uring_problem : "";
+    if (s->uring && fuse_uring_negotiate(s->uring, uring_payload(s), uring_entries(s), &why)) {
+      snprintf(transport, sizeof transport, "io_uring: %u queues of %u entries of %zu KiB", fuse_uring_queues(s->uring),
+               fuse_uring_entries(s->uring), uring_payload(s) / 1024);
+    } else {
+      snprintf(transport, sizeof transport, "dev: %s", why);
+    }
+    text = transport;
+  }
+  emit(s, "init", text, (int)conn->proto_minor);
 }
 
 static void op_destroy(void *userdata) {}
@@ -325,6 +371,7 @@ static void to_js(session_t *s, fuse_req_t req, fuse_ino_t ino, uint64_t off, ui
   pending_t *p = malloc(sizeof *p);
   if (!p) { fuse_reply_err(req, ENOMEM); return; }
   p->req = req;
+  p->ent = fuse_uring_current();
   p->ino = ino;
   p->off = off;
   p->size = size;
@@ -353,7 +400,10 @@ static void to_js(session_t *s, fuse_req_t req, fuse_ino_t ino, uint64_t off, ui
   s->slots[p->id] = p;
   pthread_mutex_unlock(&s->lock);
   atomic_fetch_add_explicit(&s->js_reads, 1, memory_order_relaxed);
+  /* Parked before JavaScript can see it: its reply may come before this thread returns. */
+  if (p->ent) fuse_uring_park(p->ent);
   if (napi_call_threadsafe_function(s->on_read, p, napi_tsfn_nonblocking) != napi_ok) {
+    if (p->ent) fuse_uring_unpark(p->ent);
     pthread_mutex_lock(&s->lock);
     s->slots[p->id] = NULL;
     s->free_ids[s->nfree++] = p->id;
@@ -554,7 +604,9 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
   /* Spliced replies (host data, two pages or more): a host file that shrank under the mount would
    * splice short (a silent EOF), so such a read goes to JavaScript, which reports it as EIO: one fstat
    * per host file the reply uses. Copied replies need none: a short pread sends them there too. */
-  const int splices = !inflated && s->splice && size >= 2 * PAGE;
+  /* On a ring thread the reply is read straight into the ring entry's payload (a ring has no splice). */
+  fuse_uring_ent_t *ring = fuse_uring_current();
+  const int splices = !ring && !inflated && s->splice && size >= 2 * PAGE;
   int used_fd[MAX_FDS];
   uint64_t used_end[MAX_FDS];
   size_t used = 0;
@@ -583,36 +635,37 @@ static int serve_mapped(session_t *s, fuse_req_t req, view_t *v, uint64_t off, u
   } else {
     /* Small replies, and replies of many segments: copy into this thread's buffer (libfuse's
      * fallback would malloc one per request). */
-    if (!tl_copy) tl_copy = malloc(s->max_write);
-    if (!tl_copy || size > s->max_write) return 0;
+    if (!ring && !tl_copy) tl_copy = malloc(s->max_write);
+    char *const out = ring ? fuse_uring_payload(ring) : tl_copy;
+    if (!out || size > s->max_write) return 0;
     size_t at = 0;
     for (size_t i = 0; i < n; i++) {
       struct fuse_buf *b = &bv->buf[i];
       if (b->flags & FUSE_BUF_IS_FD) {
         size_t got = 0;
         while (got < b->size) {
-          ssize_t r = pread(b->fd, tl_copy + at + got, b->size - got, b->pos + (off_t)got);
+          ssize_t r = pread(b->fd, out + at + got, b->size - got, b->pos + (off_t)got);
           if (r < 0 && errno == EINTR) continue;
           if (r <= 0) return 0; /* an I/O error or a short file: JavaScript reads it and reports */
           got += (size_t)r;
         }
       } else if (b->mem == zeros) {
-        memset(tl_copy + at, 0, b->size);
+        memset(out + at, 0, b->size);
       } else {
         /* A whole cluster is inflated in place; part of one comes from this thread's last cluster. */
         zseg_t *z = &tl_zseg[i];
         if (z->in == 0 && b->size == cs) {
-          if (inflate_cluster(b->fd, z->host, z->hlen, (unsigned char *)tl_copy + at, cs) != 0) return 0;
+          if (inflate_cluster(b->fd, z->host, z->hlen, (unsigned char *)out + at, cs) != 0) return 0;
         } else {
           const unsigned char *cluster = inflated_cluster(b->fd, z->host, z->hlen, cs);
           if (!cluster) return 0; /* JavaScript inflates it again and reports what is wrong */
-          memcpy(tl_copy + at, cluster + z->in, b->size);
+          memcpy(out + at, cluster + z->in, b->size);
         }
       }
       at += b->size;
     }
     count_native(s, size, 0);
-    fuse_reply_buf(req, tl_copy, size);
+    fuse_reply_buf(req, out, size);
   }
   return 1;
 }
@@ -824,6 +877,10 @@ static void free_session(session_t *s) {
   free(s);
 }
 
+static fuse_uring_t *uring_of(void *userdata) {
+  return userdata ? ((session_t *)userdata)->uring : NULL;
+}
+
 static session_t *session_arg(napi_env env, napi_value v) {
   session_t *s = NULL;
   if (napi_get_value_external(env, v, (void **)&s) != napi_ok || !s) {
@@ -959,6 +1016,9 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->debug = get_num(env, o, "debug", 0) != 0;
   s->splice = get_num(env, o, "splice", 1) != 0;
   s->direct_io = get_num(env, o, "directIo", 0) != 0;
+  s->want_uring = get_num(env, o, "fuseUring", 0) != 0;
+  s->uring_entries = (unsigned)get_num(env, o, "uringEntries", 0);
+  if (s->uring_entries > 64) s->uring_entries = 64;
   s->map_limit = (uint64_t)get_num(env, o, "mapLimitBytes", 64.0 * 1024 * 1024);
   uint32_t uid = (uint32_t)get_num(env, o, "uid", getuid());
   uint32_t gid = (uint32_t)get_num(env, o, "gid", getgid());
@@ -1023,6 +1083,10 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     fuse_session_destroy(s->se);
     s->se = NULL;
   }
+  if (!problem && s->want_uring) {
+    /* Hooks on the session's /dev/fuse I/O, before its loop reads INIT (they keep splice on). */
+    s->uring = fuse_uring_install(s->se, uring_of, &s->uring_problem);
+  }
   if (!problem) {
     /* Signals stay with Node's main thread: the workers block them. */
     sigset_t all, old;
@@ -1068,6 +1132,8 @@ static napi_value js_reply(napi_env env, napi_callback_info info) {
   }
   pthread_mutex_unlock(&s->lock);
   if (!p) { napi_throw_error(env, NULL, "qcow_fuse3: no such pending read"); return NULL; }
+  /* A request that came through a ring: the reply fills its entry, which goes back to its ring. */
+  if (p->ent) fuse_uring_reply_begin(p->ent);
   if (result < 0) {
     fuse_reply_err(p->req, (int)-result);
   } else {
@@ -1080,6 +1146,7 @@ static napi_value js_reply(napi_env env, napi_callback_info info) {
     if ((uint64_t)result > p->size) result = (int64_t)p->size;
     fuse_reply_buf(p->req, data, (size_t)result);
   }
+  if (p->ent) fuse_uring_reply_end(p->ent);
   free(p);
   return NULL;
 }
@@ -1181,6 +1248,8 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "pipedReads", v);
   napi_create_double(env, (double)atomic_load(&s->map_bytes), &v);
   napi_set_named_property(env, out, "mapBytes", v);
+  napi_create_double(env, (double)fuse_uring_requests(s->uring), &v);
+  napi_set_named_property(env, out, "ringRequests", v);
   return out;
 }
 
@@ -1207,7 +1276,9 @@ static napi_value js_destroy(napi_env env, napi_callback_info info) {
   pthread_mutex_lock(&s->lock);
   for (uint32_t i = 0; i < s->nslots; i++) {
     if (s->slots[i]) {
+      if (s->slots[i]->ent) fuse_uring_reply_begin(s->slots[i]->ent);
       fuse_reply_err(s->slots[i]->req, EIO);
+      if (s->slots[i]->ent) fuse_uring_reply_end(s->slots[i]->ent);
       free(s->slots[i]);
       s->slots[i] = NULL;
     }

@@ -3,7 +3,7 @@ import type { MountOptions } from '../mount/options.js';
 import { parseSize } from '../units.js';
 
 /** The `-o` options qcow-mount knows; anything else is refused by name. */
-export const KNOWN_MOUNT_OPTIONS = ['allow_other', 'uid=N', 'gid=N', 'ro', 'l2_cache_size=BYTES', 'cluster_cache_size=BYTES', 'remote_cache_size=BYTES', 'fuse=native|compat', 'direct_io', 'ram_below_4g=SIZE'] as const;
+export const KNOWN_MOUNT_OPTIONS = ['allow_other', 'uid=N', 'gid=N', 'ro', 'l2_cache_size=BYTES', 'cluster_cache_size=BYTES', 'remote_cache_size=BYTES', 'fuse=native|compat', 'direct_io', 'fuse_uring', 'ram_below_4g=SIZE'] as const;
 
 function usage(message: string): CliError {
   return new CliError(message, EXIT.USAGE);
@@ -66,6 +66,10 @@ export function parseMountOptions(lists: readonly string[], into: MountOptions =
         case 'direct_io':
           flag();
           into.directIo = true;
+          break;
+        case 'fuse_uring':
+          flag();
+          into.fuseUring = true;
           break;
         case 'ram_below_4g':
           if (value === undefined || value === '') throw usage('mount option ram_below_4g needs a size (ram_below_4g=SIZE, the VM\'s max-ram-below-4g, K/M/G suffixes allowed)');

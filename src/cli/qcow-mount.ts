@@ -71,6 +71,9 @@ Mount options (-o, comma-separated; several -o add up):
   direct_io                  (native) no page cache: reads of 64 KiB and more 1.3-2.5x faster, smaller
                              ones each a round trip (4 KiB: 7x slower; dd without bs= far worse),
                              nothing cached, mmap(MAP_SHARED) refused: for imaging and hashing in big reads
+  fuse_uring                 native back-end: FUSE over io_uring when the kernel offers it (root sets
+                             /sys/module/fuse/parameters/enable_uring to Y first), else /dev/fuse
+                             with one warning line; info.json's fuseTransport says which
   ram_below_4g=SIZE          the VM's max-ram-below-4g machine option, for .ram/.core (the VM state
                              does not record it; default: QEMU's rule for the machine type and RAM size)
 
@@ -139,6 +142,7 @@ function serialiseOptions(o: MountOptions): string {
   if (o.remoteCacheBytes !== undefined) parts.push(`remote_cache_size=${o.remoteCacheBytes}`);
   if (o.fuse !== undefined) parts.push(`fuse=${o.fuse}`);
   if (o.directIo) parts.push('direct_io');
+  if (o.fuseUring) parts.push('fuse_uring');
   if (o.ramBelow4g !== undefined) parts.push(`ram_below_4g=${o.ramBelow4g}`);
   return parts.join(',');
 }

@@ -84,6 +84,8 @@ export interface ImageInfo {
    * now, and when that was noticed. null while it has not changed.
    */
   imageChanged: { noticed: string; fileSize: number; fileMtime: string } | null;
+  /** Set by a mount: how FUSE requests reach the daemon (-o fuse_uring: io_uring when negotiated). */
+  fuseTransport?: 'io_uring' | 'dev';
   /** Damaged parts left out (what, where, why, what they hide); empty for a sound image. */
   problems: ImageProblem[];
   /** The file names the mount shows (relative to the mount point). */

@@ -5,7 +5,7 @@ import { openImageSync } from '../image.js';
 import type { OpenOptions, QcowImage, RemoteOpenOptions } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
 import { mountFuse } from './fuse-adapter.js';
-import { type NativeStats, mountNative, nativeFuseAvailable, nativeFuseProblem } from './fuse3-native.js';
+import { type FuseTransport, type NativeStats, mountNative, nativeFuseAvailable, nativeFuseProblem } from './fuse3-native.js';
 import { HostSlots, qcow2Mapper } from './native-maps.js';
 import { type FuseStatfs, type Logger, createFuseOps } from './fuse-ops.js';
 import { problemLine } from '../problems.js';
@@ -86,7 +86,7 @@ function fuseBackend(option: 'native' | 'compat' | undefined, logger: Logger): '
  * The native back-end's knobs, for measuring what each buys (bench/NOTES.md): QCOW_MOUNT_FUSE_THREADS,
  * QCOW_MOUNT_FUSE_MAX_WRITE_KB, QCOW_MOUNT_FUSE_READAHEAD_KB (0: the kernel's 128), QCOW_MOUNT_FUSE_SPLICE=0.
  */
-function nativeKnobs(): { threads?: number; maxWrite?: number; readAheadKb?: number; splice?: boolean } {
+function nativeKnobs(): { threads?: number; maxWrite?: number; readAheadKb?: number; splice?: boolean; uringEntries?: number } {
   const num = (name: string) => {
     const v = process.env[name];
     return v !== undefined && v !== '' && Number.isInteger(Number(v)) && Number(v) >= 0 ? Number(v) : undefined;
@@ -97,6 +97,7 @@ function nativeKnobs(): { threads?: number; maxWrite?: number; readAheadKb?: num
     maxWrite: kb === undefined ? undefined : kb * 1024,
     readAheadKb: num('QCOW_MOUNT_FUSE_READAHEAD_KB'),
     splice: process.env.QCOW_MOUNT_FUSE_SPLICE !== '0',
+    uringEntries: num('QCOW_MOUNT_FUSE_URING_ENTRIES'),
   };
 }
 
@@ -188,6 +189,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
     return;
   }
   let optionString: string;
+  let transport: FuseTransport = 'dev';
   let nativeOpen: (() => boolean) | undefined;
   let nativeStats: (() => NativeStats) | undefined;
   try {
@@ -201,6 +203,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
         uid,
         gid,
         debug: config.debug,
+        fuseUring: config.options.fuseUring === true,
         logger,
         hostFds: slots.fds,
         mapperFor: (node) => qcow2Mapper(node, slots),
@@ -210,11 +213,17 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
         statfs: statfs!,
       });
       optionString = `${mounted.optionString} (native)`;
+      transport = mounted.transport;
+      if (config.options.fuseUring) {
+        if (transport === 'dev') logger.log(`warning: -o fuse_uring: ${uringAbsence(mounted.transportDetail)}; serving over /dev/fuse`);
+        else if (config.debug) logger.log(`FUSE over io_uring: ${mounted.transportDetail}`);
+      }
       nativeOpen = mounted.sessionOpen;
       nativeStats = mounted.stats;
     } else {
       ({ optionString } = await mountFuse(config.mountPoint, ops, { allowOther: config.options.allowOther, fsname: image.path }));
       optionString += ' (compat)';
+      if (config.options.fuseUring) logger.log('warning: -o fuse_uring needs the native back-end (-o fuse=native); serving over /dev/fuse');
     }
   } catch (err) {
     // A mount that half-happened (kernel mounted, INIT never came) must not stay behind.
@@ -228,6 +237,7 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
     return;
   }
 
+  setInfoField(tree, { fuseTransport: transport });
   const entry: MountEntry | undefined = findMount(config.mountPoint);
   const sessionFds = fuseDeviceFds().filter((fd) => !fdsBefore.has(fd));
   let pidFile: string | undefined;
@@ -248,7 +258,9 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   let detachedLogged = false;
   const finish = (code: number, why: string): never => {
     const n = nativeStats?.();
-    const served = n ? `; ${n.nativeReads} reads served natively, ${n.jsReads} through JS, ${n.pipedReads} native replies of many segments through a pipe` : '';
+    const served = n
+      ? `; ${n.nativeReads} reads served natively, ${n.jsReads} through JS, ${n.pipedReads} native replies of many segments through a pipe${transport === 'io_uring' ? `, ${n.ringRequests} requests through io_uring` : ''}`
+      : '';
     logger.log(`${why}; exiting (${ops.failedReads()} failed reads${served})`);
     if (image.remote) {
       const r = image.remote.stats();
@@ -320,6 +332,33 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   }, WATCH_INTERVAL_MS);
 
   hooks.ready({ pid: process.pid, mountPoint: config.mountPoint });
+}
+
+/** Where the kernel says whether FUSE over io_uring may be offered (root sets it; default N). */
+export const ENABLE_URING_PARAMETER = '/sys/module/fuse/parameters/enable_uring';
+
+/** Why -o fuse_uring got /dev/fuse: the module parameter's state, else what the addon said. */
+function uringAbsence(detail: string): string {
+  let value: string;
+  try {
+    value = fs.readFileSync(ENABLE_URING_PARAMETER, 'utf8').trim();
+  } catch {
+    return `this kernel has no FUSE over io_uring (${ENABLE_URING_PARAMETER} is absent)`;
+  }
+  if (value !== 'Y') return `${ENABLE_URING_PARAMETER} is ${value} (root can set it to Y before mounting)`;
+  return detail || 'the kernel did not offer FUSE over io_uring';
+}
+
+/**
+ * Adds fields to info.json in place (same size: they take spaces kept at its end), for what is only
+ * known once mounted. Before anyone reads it, so no page of it is cached yet.
+ */
+function setInfoField(tree: MountTree, fields: Partial<ImageInfo>): void {
+  const info = tree.lookup('/info.json');
+  if (!info || info.kind !== 'bytes') return;
+  const served = JSON.parse(info.bytes.toString('utf8')) as ImageInfo;
+  const bytes = infoBytes({ ...served, ...fields }, info.size);
+  if (bytes.length === info.bytes.length) bytes.copy(info.bytes);
 }
 
 /**

@@ -33,7 +33,12 @@ export interface NativeStats {
   pipedReads: number;
   /** Bytes of map tables allocated. */
   mapBytes: number;
+  /** Requests served through FUSE over io_uring (-o fuse_uring). */
+  ringRequests: number;
 }
+
+/** How requests reach the daemon: FUSE over io_uring, or reads and writes of /dev/fuse. */
+export type FuseTransport = 'io_uring' | 'dev';
 
 let addon: Addon | null | undefined;
 let loadProblem = '';
@@ -116,6 +121,10 @@ export interface NativeMountOptions {
   directIo?: boolean;
   /** Every request through JS, logged (the compat back-end's -d). */
   debug?: boolean;
+  /** Ask for FUSE over io_uring (-o fuse_uring): used when the kernel offers it, else /dev/fuse. */
+  fuseUring?: boolean;
+  /** Ring entries per queue (default: 8, fewer on hosts of many CPUs; native/src/fuse3.c). */
+  uringEntries?: number;
   logger: Logger;
   /** Host files the mappers publish offsets in; a publisher's slot is the index here. */
   hostFds?: number[];
@@ -138,6 +147,10 @@ export interface NativeMount {
   /** False once the session has ended. */
   sessionOpen(): boolean;
   stats(): NativeStats;
+  /** The transport INIT settled on. */
+  transport: FuseTransport;
+  /** With fuseUring: what was set up ("N queues of K entries of X KiB"), or why it was not. */
+  transportDetail: string;
   /** Publishes map entries for a mapped disk file (false: not mapped, or past the map's memory bound). */
   publish(node: DiskNode, firstCluster: number, entries: Float64Array, slot: number, zlibLengths?: Float64Array): boolean;
   /** Gives up a mount still running (lazy detach); after `ended` there is nothing left to do. */
@@ -189,6 +202,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
   let open = true;
   let finalStats: NativeStats | undefined;
   let initDone: ((minor: number) => void) | undefined;
+  let transportText: string | null = null;
   let endedDone: (() => void) | undefined;
   const ended = new Promise<void>((resolve) => (endedDone = resolve));
   const init = new Promise<number>((resolve) => (initDone = resolve));
@@ -230,7 +244,10 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
     }
   };
   const onEvent = (kind: string, text: string | null, code: number) => {
-    if (kind === 'init') initDone?.(code);
+    if (kind === 'init') {
+      transportText = text;
+      initDone?.(code);
+    }
     else if (kind === 'log' && text) options.logger.log(text);
     else if (kind === 'ended') {
       open = false;
@@ -254,6 +271,8 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
       gid: options.gid,
       cacheSeconds: cache,
       debug: options.debug ? 1 : 0,
+      fuseUring: options.fuseUring ? 1 : 0,
+      uringEntries: options.uringEntries ?? 0,
       splice: options.splice === false ? 0 : 1,
       directIo: options.directIo ? 1 : 0,
       mapLimitBytes: options.mapLimitBytes ?? 64 * 1024 * 1024,
@@ -286,9 +305,15 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
   const readAhead = options.readAheadKb ?? 1024;
   if (st && readAhead > 0) raiseReadAhead(st.dev, readAhead, options.logger, options.debug === true);
 
+  // init's text: "io_uring: ..." when negotiated, "dev: why" when asked for and not, null when not asked.
+  const text = transportText as string | null;
+  const transport: FuseTransport = text?.startsWith('io_uring') ? 'io_uring' : 'dev';
+  const transportDetail = text === null ? '' : text.replace(/^(io_uring|dev): ?/, '');
   return {
     mountPoint,
-    optionString: `${optionString},max_write=${maxWrite},threads=${options.threads ?? 3}${readAhead > 0 ? `,read_ahead_kb=${readAhead}` : ''}${options.splice === false ? ',no_splice' : ''}${options.directIo ? ',direct_io' : ''}`,
+    optionString: `${optionString},max_write=${maxWrite},threads=${options.threads ?? 3}${readAhead > 0 ? `,read_ahead_kb=${readAhead}` : ''}${options.splice === false ? ',no_splice' : ''}${options.directIo ? ',direct_io' : ''},transport=${transport}`,
+    transport,
+    transportDetail,
     ended,
     sessionOpen: () => open,
     stats: () => finalStats ?? a.stats(session),

@@ -18,6 +18,8 @@ export interface MountOptions {
    * cache in between (one copy instead of two; no readahead). Native back-end only.
    */
   directIo?: boolean;
+  /** Ask for FUSE over io_uring (native back-end; used when the kernel offers it, else /dev/fuse). */
+  fuseUring?: boolean;
   /** The VM's max-ram-below-4g (where guest RAM below 4 GiB ends, for .ram/.core); the stream does not say. */
   ramBelow4g?: number;
 }
