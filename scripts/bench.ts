@@ -84,7 +84,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--workloads') a.workloads = new Set(v().split(','));
     else if (k === '--help' || k === '-h') {
       process.stdout.write(
-        `npm run bench -- [--quick] [--rounds N] [--seconds S] [--seq-mib N] [--only ${SECTIONS.join(',')}] [--skip ...] [--out PATH-WITHOUT-EXTENSION] [--wait-quiet MINUTES] [--peers ours,ours-dio,compat,qcowmount,qsd,passthrough] [--workloads seq-1m,seq-128k,dd-1m,rand-4k-1,rand-4k-4,rand-64k]\n`,
+        `npm run bench -- [--quick] [--rounds N] [--seconds S] [--seq-mib N] [--only ${SECTIONS.join(',')}] [--skip ...] [--out PATH-WITHOUT-EXTENSION] [--wait-quiet MINUTES] [--peers ours,ours-dio,ours-uring,compat,qcowmount,qsd,passthrough] [--workloads seq-1m,seq-128k,dd-1m,rand-4k-1,rand-4k-4,rand-64k]\n`,
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${k} (see --help)`);
@@ -155,11 +155,12 @@ interface Scenario {
 const DIRECT_IO_SCENARIOS = new Set(['full', 'snapshot']);
 
 function scenarios(set: ImageSet): Scenario[] {
-  // Every view qcow-mount serves is measured on both its back-ends: native (ours) and compat.
+  // Every view qcow-mount serves is measured on both its back-ends: native (ours) and compat; and,
+  // when asked for by --peers (it sets a kernel parameter), native over io_uring (ours-uring).
   return baseScenarios(set).map((sc) => {
     if (!sc.targets.ours) return sc;
     const dio = DIRECT_IO_SCENARIOS.has(sc.id) ? { 'ours-dio': { ...sc.targets.ours } } : {};
-    return { ...sc, targets: { ...sc.targets, ...dio, compat: { ...sc.targets.ours } } };
+    return { ...sc, targets: { ...sc.targets, ...dio, compat: { ...sc.targets.ours }, 'ours-uring': { ...sc.targets.ours } } };
   });
 }
 
@@ -589,6 +590,7 @@ async function main(): Promise<void> {
   const all = scenarios(set).filter((s) => wanted(args, s.id));
   for (const sc of all) {
     if (args.peers) for (const p of PEERS) if (!args.peers.has(p)) delete sc.targets[p];
+    if (!args.peers) delete sc.targets['ours-uring']; // opt-in: it flips /sys/module/fuse/parameters/enable_uring
     if (args.workloads) sc.workloads = sc.workloads.filter((w) => args.workloads!.has(w.id));
   }
   for (const sc of all) results.scenarios[sc.id] = { title: sc.title, excluded: {}, mountMs: {}, rssKiB: {}, workloads: {} };

@@ -4,6 +4,8 @@
  *   file active.raw or snapshots/NAME.raw
  * - compat: the same with the fuse-native back-end (-o fuse=compat)
  * - ours-dio: the native back-end with -o direct_io (no page cache: one copy per byte, no readahead)
+ * - ours-uring: ours with -o fuse_uring (FUSE over io_uring; enable_uring is set to Y while it is
+ *   mounted, and put back); a mount that did not get io_uring is refused, not measured as such
  * - qcowmount: libqcow's FUSE mount (C, libfuse2), file qcow1 (the active disk only; no zstd, no backing)
  * - qsd: qemu-storage-daemon's FUSE export (C, libfuse3) of the image, on a regular file
  * - passthrough: scripts/bench/passthrough.mjs, a raw file through fuse-native (the Node ceiling)
@@ -14,10 +16,11 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
+import { holdUringEnabled } from './uring-param.js';
 import { REPO, WORK, findPids, isMounted, log, memOf, pidAlive, run, sleep, stopPid, track, trackMount, trackPid, unmountSync, untrackMount, untrackPid } from './util.js';
 
-export type PeerName = 'ours' | 'ours-dio' | 'compat' | 'qcowmount' | 'qsd' | 'passthrough';
-export const PEERS: PeerName[] = ['ours', 'ours-dio', 'compat', 'qcowmount', 'qsd', 'passthrough'];
+export type PeerName = 'ours' | 'ours-dio' | 'ours-uring' | 'compat' | 'qcowmount' | 'qsd' | 'passthrough';
+export const PEERS: PeerName[] = ['ours', 'ours-dio', 'ours-uring', 'compat', 'qcowmount', 'qsd', 'passthrough'];
 
 export interface Mounted {
   peer: PeerName;
@@ -86,6 +89,8 @@ export async function mountPeer(peer: PeerName, req: MountRequest): Promise<Moun
       return mountOurs({ ...req, oursArgs: ['-o', 'fuse=native', ...(req.oursArgs ?? [])] }, 'ours');
     case 'ours-dio':
       return mountOurs({ ...req, tag: `${req.tag}-dio`, oursArgs: ['-o', 'fuse=native,direct_io', ...(req.oursArgs ?? [])] }, 'ours-dio');
+    case 'ours-uring':
+      return mountOursUring(req);
     case 'compat':
       return mountOurs({ ...req, tag: `${req.tag}-compat`, oursArgs: ['-o', 'fuse=compat', ...(req.oursArgs ?? [])] }, 'compat');
     case 'qcowmount':
@@ -97,7 +102,32 @@ export async function mountPeer(peer: PeerName, req: MountRequest): Promise<Moun
   }
 }
 
-async function mountOurs(req: MountRequest, peer: 'ours' | 'ours-dio' | 'compat'): Promise<Mounted> {
+async function mountOursUring(req: MountRequest): Promise<Mounted> {
+  const release = holdUringEnabled();
+  let m: Mounted;
+  try {
+    m = await mountOurs({ ...req, tag: `${req.tag}-uring`, oursArgs: ['-o', 'fuse=native,fuse_uring', ...(req.oursArgs ?? [])] }, 'ours-uring');
+  } catch (err) {
+    release();
+    throw err;
+  }
+  const mnt = m.file.slice(0, m.file.length - (req.oursFile ?? 'active.raw').length - 1);
+  const info = JSON.parse(fs.readFileSync(path.join(mnt, 'info.json'), 'utf8')) as { fuseTransport?: string };
+  if (info.fuseTransport !== 'io_uring') {
+    await m.stop();
+    release();
+    throw new Error(`-o fuse_uring got ${info.fuseTransport ?? 'no transport'}, not io_uring`);
+  }
+  return {
+    ...m,
+    async stop() {
+      await m.stop();
+      release();
+    },
+  };
+}
+
+async function mountOurs(req: MountRequest, peer: 'ours' | 'ours-dio' | 'ours-uring' | 'compat'): Promise<Mounted> {
   const mnt = freshDir(`${peer}-${req.tag}`);
   const env = { ...process.env, ...req.oursEnv, QCOW_MOUNT_STATE_DIR: STATE };
   trackMount(mnt);

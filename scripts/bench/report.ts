@@ -64,12 +64,13 @@ export interface BenchResults {
 const PEER_TITLE: Record<PeerName, string> = {
   ours: 'qcow-mount (native)',
   'ours-dio': 'qcow-mount (native, -o direct_io)',
+  'ours-uring': 'qcow-mount (native, -o fuse_uring)',
   compat: 'qcow-mount (compat: fuse-native)',
   qcowmount: 'qcowmount',
   qsd: 'qemu-storage-daemon',
   passthrough: 'fuse-native passthrough',
 };
-const OTHERS: PeerName[] = ['ours-dio', 'compat', 'qcowmount', 'qsd', 'passthrough'];
+const OTHERS: PeerName[] = ['ours-dio', 'ours-uring', 'compat', 'qcowmount', 'qsd', 'passthrough'];
 
 /** Median over rounds of base/peer (base: ours), paired round by round (same round, same conditions). */
 export function ratio(values: Partial<Record<PeerName, number[]>>, peer: PeerName, base: PeerName = 'ours'): { med: number; min: number; max: number } | undefined {
@@ -146,6 +147,13 @@ export function goals(r: BenchResults): Goal[] {
     add('Native, -o direct_io: dd 1 MiB (active.raw) >= 1.5x qcowmount', 'full', 'dd-1m', 'qcowmount', 1.5, false, 'ours-dio');
     add('Native, -o direct_io: random 4 KiB, 1 reader >= 2x qcowmount', 'full', 'rand-4k-1', 'qcowmount', 2.0, false, 'ours-dio');
     add('Native, -o direct_io: random 4 KiB, 4 readers >= 2x qcowmount', 'full', 'rand-4k-4', 'qcowmount', 2.0, false, 'ours-dio');
+  }
+  // And with -o fuse_uring (opt-in: FUSE over io_uring, needs enable_uring; bench/NOTES.md).
+  if (wl('full', 'seq-1m')?.values['ours-uring']) {
+    add('Native, -o fuse_uring: sequential 1 MiB (active.raw) >= 1.5x qcowmount', 'full', 'seq-1m', 'qcowmount', 1.5, false, 'ours-uring');
+    add('Native, -o fuse_uring: dd 1 MiB (active.raw) >= 1.5x qcowmount', 'full', 'dd-1m', 'qcowmount', 1.5, false, 'ours-uring');
+    add('Native, -o fuse_uring: random 4 KiB, 1 reader >= 2x qcowmount', 'full', 'rand-4k-1', 'qcowmount', 2.0, false, 'ours-uring');
+    add('Native, -o fuse_uring: random 4 KiB, 4 readers >= 2x qcowmount', 'full', 'rand-4k-4', 'qcowmount', 2.0, false, 'ours-uring');
   }
   add('Native: zlib sequential no slower than compat', 'zlib', 'seq-1m', 'compat', 0.95);
   add('Native: zstd sequential no slower than compat', 'zstd', 'seq-1m', 'compat', 0.95);
@@ -231,10 +239,13 @@ export function renderMarkdown(r: BenchResults): string {
     L.push('');
     const peers = (['ours', ...OTHERS] as PeerName[]).filter((p) => Object.values(sc.workloads).some((w) => w.values[p]));
     const others = peers.filter((p) => p !== 'ours');
-    L.push(`| workload | ${peers.map((p) => PEER_TITLE[p]).join(' | ')} | ${others.map((p) => `ours/${p}`).join(' | ')} |`);
-    L.push(`|---|${peers.map(() => '---').join('|')}|${others.map(() => '---').join('|')}|`);
+    // -o fuse_uring against qcowmount too, when both ran.
+    const uringRatio = peers.includes('ours-uring') && peers.includes('qcowmount');
+    L.push(`| workload | ${peers.map((p) => PEER_TITLE[p]).join(' | ')} | ${others.map((p) => `ours/${p}`).join(' | ')}${uringRatio ? ' | ours-uring/qcowmount' : ''} |`);
+    L.push(`|---|${peers.map(() => '---').join('|')}|${others.map(() => '---').join('|')}${uringRatio ? '|---' : ''}|`);
     for (const w of Object.values(sc.workloads)) {
-      L.push(`| ${w.title} (${w.metric}) | ${peers.map((p) => cell(w.values[p], w.metric)).join(' | ')} | ${others.map((p) => ratioCell(ratio(w.values, p))).join(' | ')} |`);
+      const extra = uringRatio ? ` | ${ratioCell(ratio(w.values, 'qcowmount', 'ours-uring'))}` : '';
+      L.push(`| ${w.title} (${w.metric}) | ${peers.map((p) => cell(w.values[p], w.metric)).join(' | ')} | ${others.map((p) => ratioCell(ratio(w.values, p))).join(' | ')}${extra} |`);
     }
     for (const w of Object.values(sc.workloads)) {
       const unit = w.metric === 'IOPS' ? 'per I/O' : 'per MiB';
@@ -363,6 +374,8 @@ export function renderConsole(r: BenchResults): string {
       const rs = OTHERS.map((p) => [p, ratio(w.values, p)] as const)
         .filter(([, x]) => x)
         .map(([p, x]) => `/${p} ${x!.med.toFixed(2)}x`);
+      const u = ratio(w.values, 'qcowmount', 'ours-uring');
+      if (u) rs.push(`ours-uring/qcowmount ${u.med.toFixed(2)}x`);
       L.push(`  ${w.title.padEnd(28)} ${parts.join('  ')}   ratios: ${rs.join(' ')}`);
       const cpu = (['ours', ...OTHERS] as PeerName[]).filter((p) => w.cpuUs[p]).map((p) => `${p} ${cell(w.cpuUs[p], 'µs')}`);
       if (cpu.length) L.push(`  ${''.padEnd(28)} daemon CPU ${w.metric === 'IOPS' ? 'per I/O' : 'per MiB'}: ${cpu.join('  ')}`);

@@ -24,10 +24,10 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Mounted, MOUNTS, STATE, mountPeer } from './peers.js';
+import { holdUringEnabled } from './uring-param.js';
 import { WORKLOADS, type Workload } from './workloads.js';
-import { MiB, REPO, atCleanUp, cpuSeconds, installCleanUpHandlers, isMounted, loadAverage, log, median, sleep, track, trackMount, unmountSync, untrackMount, warm } from './util.js';
+import { MiB, REPO, cpuSeconds, installCleanUpHandlers, isMounted, loadAverage, log, median, sleep, track, trackMount, unmountSync, untrackMount, warm } from './util.js';
 
-const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
 const BIN = '/tmp/uring-ab-bin';
 
 interface Server {
@@ -156,10 +156,7 @@ async function main(): Promise<void> {
   const workloads = workloadIds.map((id) => all.find((w) => w.id === id) ?? (() => { throw new Error(`unknown workload ${id}`); })());
 
   installCleanUpHandlers();
-  const before = fs.readFileSync(URING_PARAM, 'utf8').trim();
-  atCleanUp(() => fs.writeFileSync(URING_PARAM, `${before}\n`));
-  fs.writeFileSync(URING_PARAM, 'Y\n');
-  log(`enable_uring ${before} -> Y (restored at exit)`);
+  holdUringEnabled(); // for the whole run; put back at exit
   fs.mkdirSync(MOUNTS, { recursive: true });
   fs.mkdirSync(STATE, { recursive: true, mode: 0o700 });
   build();
