@@ -66,6 +66,7 @@ struct fuse_uring {
   uint64_t init_unique;
   int offered, negotiated, started;
   unsigned nq, entries;
+  int placement;
   size_t payload;
   queue_t *queues;
   _Atomic uint64_t requests;
@@ -346,7 +347,7 @@ static void *queue_main(void *arg) {
   snprintf(name, sizeof name, "fuse-uring-%d", qu->qid);
   pthread_setname_np(pthread_self(), name);
   int home = qu->qid, other = (int)((unsigned)(qu->qid + 1) % u->nq), on = home;
-  pin(home);
+  if (u->placement != FUSE_URING_FLOATING) pin(home);
   char *req_buf = malloc(u->payload + 4096);
   if (!req_buf) { fprintf(stderr, "qcow-mount: FUSE io_uring queue %d: out of memory\n", qu->qid); return NULL; }
   for (unsigned i = 0; i < u->entries; i++) prep_cmd(qu, URING_CMD_REGISTER, &qu->ents[i]);
@@ -380,7 +381,7 @@ static void *queue_main(void *arg) {
         continue;
       }
       const struct fuse_in_header *ih = (const void *)e->hdr.in_out;
-      if (ih->opcode == FUSE_READ && u->nq > 1) {
+      if (ih->opcode == FUSE_READ && u->nq > 1 && u->placement == FUSE_URING_ADAPTIVE) {
         uint32_t size = ((const struct fuse_read_in *)e->hdr.op_in)->size;
         int want = size >= BIG_READ ? other : size <= SMALL_READ ? home : on;
         if (want != on) { pin(want); on = want; }
@@ -411,6 +412,7 @@ static void start_queues(fuse_uring_t *u) {
 
 /* ---------------------------------------------------------------- for the op handlers */
 
+void fuse_uring_set_placement(fuse_uring_t *u, int placement) { u->placement = placement; }
 fuse_uring_ent_t *fuse_uring_current(void) { return tl_cur; }
 char *fuse_uring_payload(fuse_uring_ent_t *e) { return e->payload; }
 void fuse_uring_park(fuse_uring_ent_t *e) { e->parked = 1; }

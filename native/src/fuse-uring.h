@@ -34,6 +34,12 @@ fuse_uring_t *fuse_uring_install(struct fuse_session *se, fuse_uring_t *(*of_use
  * Returns 1 (negotiated), 0 (classic /dev/fuse; *why says why). */
 int fuse_uring_negotiate(fuse_uring_t *u, size_t payload, unsigned entries, const char **why);
 
+/* Where the queue threads run (for measuring; bench/NOTES.md): ADAPTIVE (the default) pins each to its
+ * queue's CPU and moves it to the next CPU while it serves big reads; PINNED never moves; FLOATING
+ * leaves the thread to the scheduler. Before fuse_uring_negotiate(). */
+enum { FUSE_URING_ADAPTIVE = 0, FUSE_URING_PINNED = 1, FUSE_URING_FLOATING = 2 };
+void fuse_uring_set_placement(fuse_uring_t *u, int placement);
+
 /* The ring entry the calling thread is serving, or NULL (a /dev/fuse request, or not a worker). */
 fuse_uring_ent_t *fuse_uring_current(void);
 /* The current entry's payload buffer (reply bytes go there): pread into it, reply with it. */

@@ -115,6 +115,7 @@ typedef struct session {
   /* -o fuse_uring: asked for; the hooks (when installed); what INIT settled. */
   int want_uring;
   unsigned uring_entries; /* per queue; 0: chosen from the CPU count */
+  int uring_placement; /* FUSE_URING_ADAPTIVE, _PINNED, _FLOATING */
   fuse_uring_t *uring;
   const char *uring_problem; /* why the hooks could not be installed */
 
@@ -1018,6 +1019,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   s->direct_io = get_num(env, o, "directIo", 0) != 0;
   s->want_uring = get_num(env, o, "fuseUring", 0) != 0;
   s->uring_entries = (unsigned)get_num(env, o, "uringEntries", 0);
+  s->uring_placement = (int)get_num(env, o, "uringPlacement", FUSE_URING_ADAPTIVE);
   if (s->uring_entries > 64) s->uring_entries = 64;
   s->map_limit = (uint64_t)get_num(env, o, "mapLimitBytes", 64.0 * 1024 * 1024);
   uint32_t uid = (uint32_t)get_num(env, o, "uid", getuid());
@@ -1086,6 +1088,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   if (!problem && s->want_uring) {
     /* Hooks on the session's /dev/fuse I/O, before its loop reads INIT (they keep splice on). */
     s->uring = fuse_uring_install(s->se, uring_of, &s->uring_problem);
+    if (s->uring) fuse_uring_set_placement(s->uring, s->uring_placement);
   }
   if (!problem) {
     /* Signals stay with Node's main thread: the workers block them. */

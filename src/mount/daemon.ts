@@ -84,20 +84,30 @@ function fuseBackend(option: 'native' | 'compat' | undefined, logger: Logger): '
 
 /**
  * The native back-end's knobs, for measuring what each buys (bench/NOTES.md): QCOW_MOUNT_FUSE_THREADS,
- * QCOW_MOUNT_FUSE_MAX_WRITE_KB, QCOW_MOUNT_FUSE_READAHEAD_KB (0: the kernel's 128), QCOW_MOUNT_FUSE_SPLICE=0.
+ * QCOW_MOUNT_FUSE_MAX_WRITE_KB, QCOW_MOUNT_FUSE_READAHEAD_KB (0: the kernel's 128), QCOW_MOUNT_FUSE_SPLICE=0;
+ * with -o fuse_uring: QCOW_MOUNT_FUSE_URING_ENTRIES (per queue), QCOW_MOUNT_FUSE_URING_PLACEMENT=pinned|floating.
  */
-function nativeKnobs(): { threads?: number; maxWrite?: number; readAheadKb?: number; splice?: boolean; uringEntries?: number } {
+function nativeKnobs(): {
+  threads?: number;
+  maxWrite?: number;
+  readAheadKb?: number;
+  splice?: boolean;
+  uringEntries?: number;
+  uringPlacement?: 'adaptive' | 'pinned' | 'floating';
+} {
   const num = (name: string) => {
     const v = process.env[name];
     return v !== undefined && v !== '' && Number.isInteger(Number(v)) && Number(v) >= 0 ? Number(v) : undefined;
   };
   const kb = num('QCOW_MOUNT_FUSE_MAX_WRITE_KB');
+  const placement = process.env.QCOW_MOUNT_FUSE_URING_PLACEMENT;
   return {
     threads: num('QCOW_MOUNT_FUSE_THREADS'),
     maxWrite: kb === undefined ? undefined : kb * 1024,
     readAheadKb: num('QCOW_MOUNT_FUSE_READAHEAD_KB'),
     splice: process.env.QCOW_MOUNT_FUSE_SPLICE !== '0',
     uringEntries: num('QCOW_MOUNT_FUSE_URING_ENTRIES'),
+    uringPlacement: placement === 'pinned' || placement === 'floating' ? placement : undefined,
   };
 }
 

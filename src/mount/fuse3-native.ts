@@ -125,6 +125,8 @@ export interface NativeMountOptions {
   fuseUring?: boolean;
   /** Ring entries per queue (default: 8, fewer on hosts of many CPUs; native/src/fuse3.c). */
   uringEntries?: number;
+  /** Where the queue threads run (native/src/fuse-uring.h; default adaptive). */
+  uringPlacement?: 'adaptive' | 'pinned' | 'floating';
   logger: Logger;
   /** Host files the mappers publish offsets in; a publisher's slot is the index here. */
   hostFds?: number[];
@@ -273,6 +275,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
       debug: options.debug ? 1 : 0,
       fuseUring: options.fuseUring ? 1 : 0,
       uringEntries: options.uringEntries ?? 0,
+      uringPlacement: ['adaptive', 'pinned', 'floating'].indexOf(options.uringPlacement ?? 'adaptive'),
       splice: options.splice === false ? 0 : 1,
       directIo: options.directIo ? 1 : 0,
       mapLimitBytes: options.mapLimitBytes ?? 64 * 1024 * 1024,
