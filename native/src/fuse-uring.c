@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 /* The uAPI of FUSE over io_uring (protocol 7.42, kernel 6.14+): Debian's <linux/fuse.h> is 7.38. */
@@ -66,7 +67,7 @@ struct fuse_uring {
   uint64_t init_unique;
   int offered, negotiated, started;
   unsigned nq, entries;
-  int placement;
+  int placement, setup;
   size_t payload;
   queue_t *queues;
   _Atomic uint64_t requests;
@@ -234,6 +235,9 @@ int fuse_uring_negotiate(fuse_uring_t *u, size_t payload, unsigned entries, cons
   for (unsigned q = 0; q < u->nq; q++) {
     queue_t *qu = &u->queues[q];
     struct io_uring_params prm = { .flags = IORING_SETUP_SQE128 };
+    if (u->setup == 1) prm.flags |= IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+    /* Single issuer: the queue's thread, which enables the ring (it is made here, on another thread). */
+    if (u->setup == 2) prm.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED;
     int rc = io_uring_queue_init_params(2 * u->entries + 4, &qu->ring, &prm);
     if (rc < 0) {
       snprintf(u->why, sizeof u->why, "cannot set up an io_uring: %s", strerror(-rc));
@@ -348,6 +352,11 @@ static void *queue_main(void *arg) {
   pthread_setname_np(pthread_self(), name);
   int home = qu->qid, other = (int)((unsigned)(qu->qid + 1) % u->nq), on = home;
   if (u->placement != FUSE_URING_FLOATING) pin(home);
+  if (u->setup == 2) {
+    /* io_uring_enable_rings() is declared by liburing 2.3's header but not exported by its library. */
+    if (syscall(__NR_io_uring_register, qu->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+      fprintf(stderr, "qcow-mount: FUSE io_uring queue %d: enable: %s\n", qu->qid, strerror(errno));
+  }
   char *req_buf = malloc(u->payload + 4096);
   if (!req_buf) { fprintf(stderr, "qcow-mount: FUSE io_uring queue %d: out of memory\n", qu->qid); return NULL; }
   for (unsigned i = 0; i < u->entries; i++) prep_cmd(qu, URING_CMD_REGISTER, &qu->ents[i]);
@@ -413,6 +422,7 @@ static void start_queues(fuse_uring_t *u) {
 /* ---------------------------------------------------------------- for the op handlers */
 
 void fuse_uring_set_placement(fuse_uring_t *u, int placement) { u->placement = placement; }
+void fuse_uring_set_setup(fuse_uring_t *u, int setup) { u->setup = setup; }
 fuse_uring_ent_t *fuse_uring_current(void) { return tl_cur; }
 char *fuse_uring_payload(fuse_uring_ent_t *e) { return e->payload; }
 void fuse_uring_park(fuse_uring_ent_t *e) { e->parked = 1; }

@@ -39,6 +39,8 @@ int fuse_uring_negotiate(fuse_uring_t *u, size_t payload, unsigned entries, cons
  * leaves the thread to the scheduler. Before fuse_uring_negotiate(). */
 enum { FUSE_URING_ADAPTIVE = 0, FUSE_URING_PINNED = 1, FUSE_URING_FLOATING = 2 };
 void fuse_uring_set_placement(fuse_uring_t *u, int placement);
+/* How the rings are set up (for measuring): 0 plain, 1 COOP_TASKRUN, 2 SINGLE_ISSUER + DEFER_TASKRUN. */
+void fuse_uring_set_setup(fuse_uring_t *u, int setup);
 
 /* The ring entry the calling thread is serving, or NULL (a /dev/fuse request, or not a worker). */
 fuse_uring_ent_t *fuse_uring_current(void);

@@ -1089,6 +1089,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     /* Hooks on the session's /dev/fuse I/O, before its loop reads INIT (they keep splice on). */
     s->uring = fuse_uring_install(s->se, uring_of, &s->uring_problem);
     if (s->uring) fuse_uring_set_placement(s->uring, s->uring_placement);
+    if (s->uring) fuse_uring_set_setup(s->uring, (int)get_num(env, o, "uringSetup", 0));
   }
   if (!problem) {
     /* Signals stay with Node's main thread: the workers block them. */

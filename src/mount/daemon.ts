@@ -94,6 +94,7 @@ function nativeKnobs(): {
   splice?: boolean;
   uringEntries?: number;
   uringPlacement?: 'adaptive' | 'pinned' | 'floating';
+  uringSetup?: 'plain' | 'coop' | 'defer';
 } {
   const num = (name: string) => {
     const v = process.env[name];
@@ -101,6 +102,7 @@ function nativeKnobs(): {
   };
   const kb = num('QCOW_MOUNT_FUSE_MAX_WRITE_KB');
   const placement = process.env.QCOW_MOUNT_FUSE_URING_PLACEMENT;
+  const setup = process.env.QCOW_MOUNT_FUSE_URING_SETUP;
   return {
     threads: num('QCOW_MOUNT_FUSE_THREADS'),
     maxWrite: kb === undefined ? undefined : kb * 1024,
@@ -108,6 +110,7 @@ function nativeKnobs(): {
     splice: process.env.QCOW_MOUNT_FUSE_SPLICE !== '0',
     uringEntries: num('QCOW_MOUNT_FUSE_URING_ENTRIES'),
     uringPlacement: placement === 'pinned' || placement === 'floating' ? placement : undefined,
+    uringSetup: setup === 'coop' || setup === 'defer' ? setup : undefined,
   };
 }
 

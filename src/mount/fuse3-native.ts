@@ -127,6 +127,8 @@ export interface NativeMountOptions {
   uringEntries?: number;
   /** Where the queue threads run (native/src/fuse-uring.h; default adaptive). */
   uringPlacement?: 'adaptive' | 'pinned' | 'floating';
+  /** How the rings are set up (measuring): plain (default), coop (COOP_TASKRUN), defer (DEFER_TASKRUN). */
+  uringSetup?: 'plain' | 'coop' | 'defer';
   logger: Logger;
   /** Host files the mappers publish offsets in; a publisher's slot is the index here. */
   hostFds?: number[];
@@ -276,6 +278,7 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
       fuseUring: options.fuseUring ? 1 : 0,
       uringEntries: options.uringEntries ?? 0,
       uringPlacement: ['adaptive', 'pinned', 'floating'].indexOf(options.uringPlacement ?? 'adaptive'),
+      uringSetup: ['plain', 'coop', 'defer'].indexOf(options.uringSetup ?? 'plain'),
       splice: options.splice === false ? 0 : 1,
       directIo: options.directIo ? 1 : 0,
       mapLimitBytes: options.mapLimitBytes ?? 64 * 1024 * 1024,
