@@ -212,7 +212,7 @@ static size_t uring_payload(session_t *s) {
 
 /* Entries per queue: more than the hand-offs to JavaScript in flight from one CPU (a parked entry holds
  * its queue's capacity), 8 where that costs 16 MiB of address space (2 CPUs, 992 KiB each), fewer
- * on big hosts so that all queues together map at most 128 MiB; never under 2. Only pages a request
+ * on big hosts so that all queues together map about 128 MiB; never under 2. Only pages a request
  * touches count in RSS (a 4 KiB read: one). */
 static unsigned uring_entries(session_t *s) {
   if (s->uring_entries) return s->uring_entries;
