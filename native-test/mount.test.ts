@@ -177,7 +177,10 @@ describe.skipIf(!ready)('a bad region while serving', () => {
     try {
       expect(errnoOf(() => fs.readFileSync(path.join(m, 'active.raw')))).toBe('EIO');
       const text = fs.readFileSync(log, 'utf8');
-      expect(text).toMatch(/EIO: read \/active\.raw at offset 0 \(\+\d+\): .*bad-l2\.qcow2: L2 table at 0x[0-9a-f]+ .*past the end of the file/);
+      // One line per bad region: the kernel may send readahead requests for the table's range together,
+      // and whichever reaches the daemon first is the one logged.
+      expect(text).toMatch(/EIO: read \/active\.raw at offset \d+ \(\+\d+\): .*bad-l2\.qcow2: L2 table at 0x[0-9a-f]+ .*past the end of the file/);
+      expect(text.match(/EIO: read/g)).toHaveLength(1);
       // The snapshot's own L1 table is intact: it reads exactly as QEMU's snapshot view.
       const snapView = fx.views.find((v) => v.view === 'snapshot')!;
       expect(compareRange(path.join(m, 'snapshots', 's1.raw'), fixturePath(snapView.oracle!), 0, snapView.size)).toBe(-1);
