@@ -66,6 +66,7 @@ struct fuse_uring {
   int fd;
   uint64_t init_unique;
   int offered, negotiated, started;
+  uint32_t offered2, wanted2; /* the INIT offer's flags2; other flags2 bits to ask for when offered */
   unsigned nq, entries;
   int placement, setup;
   size_t payload;
@@ -87,7 +88,8 @@ static ssize_t hook_read(int fd, void *buf, size_t len, void *ud) {
     const struct fuse_init_in *ii = (const void *)(ih + 1);
     u->init_unique = ih->unique;
     /* The kernel offers it only while enable_uring is Y: the flag itself is the probe. */
-    u->offered = (ii->flags & FUSE_INIT_EXT) && (ii->flags2 & URING_FLAG2);
+    u->offered2 = (ii->flags & FUSE_INIT_EXT) ? ii->flags2 : 0;
+    u->offered = (u->offered2 & URING_FLAG2) != 0;
   }
   return n;
 }
@@ -118,13 +120,15 @@ static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *ud) {
   const struct fuse_out_header *oh = iov[0].iov_base;
   fuse_uring_ent_t *e = tl_cur;
   if (u && e && iov[0].iov_len >= sizeof *oh && oh->unique == e->unique) return fill_entry(u, e, iov, count);
-  if (u && u->negotiated && !u->started && oh->unique == u->init_unique && count > 1 && oh->error == 0 &&
+  const int ring = u && u->negotiated && !u->started;
+  const uint32_t extra2 = u ? u->wanted2 & u->offered2 : 0;
+  if ((ring || extra2) && oh->unique == u->init_unique && count > 1 && oh->error == 0 &&
       iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + sizeof(uint32_t)) {
     struct fuse_init_out *o = iov[1].iov_base;
     o->flags |= FUSE_INIT_EXT;
-    o->flags2 |= URING_FLAG2;
+    o->flags2 |= extra2 | (ring ? URING_FLAG2 : 0);
     ssize_t r = writev(fd, iov, count);
-    if (r >= 0) start_queues(u);
+    if (r >= 0 && ring) start_queues(u);
     return r;
   }
   return writev(fd, iov, count);
@@ -181,6 +185,10 @@ fuse_uring_t *fuse_uring_install(struct fuse_session *se, fuse_uring_t *(*of_use
     return NULL;
   }
   return u;
+}
+
+void fuse_uring_want_flags2(fuse_uring_t *u, uint32_t bits) {
+  u->wanted2 |= bits;
 }
 
 /* ---------------------------------------------------------------- rings */

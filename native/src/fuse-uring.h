@@ -28,6 +28,10 @@ typedef struct fuse_uring_ent fuse_uring_ent_t;
  * the session's userdata; `of_userdata` finds this object from it. NULL with *why set on failure. */
 fuse_uring_t *fuse_uring_install(struct fuse_session *se, fuse_uring_t *(*of_userdata)(void *), const char **why);
 
+/* Also ask, in the INIT reply, for these flags2 bits (protocol flags 32-63) where the kernel offers them:
+ * what libfuse 3.14 cannot ask for itself (-o direct_io: FUSE_DIRECT_IO_ALLOW_MMAP). Before INIT. */
+void fuse_uring_want_flags2(fuse_uring_t *u, uint32_t bits);
+
 /* In the init op: negotiate when the kernel offered it. Sets up the rings (nr_cpu_ids queues, `entries`
  * each of `payload` bytes) before the INIT reply asks for it: once asked, the kernel holds every request
  * until all queues are registered, so a ring that cannot be made must not be asked for.

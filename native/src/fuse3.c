@@ -34,6 +34,8 @@
 #include <unistd.h>
 
 #include "fuse-uring.h"
+/* FUSE_DIRECT_IO_ALLOW_MMAP (protocol 7.39, kernel 6.6): bit 36 of the INIT flags = bit 4 of flags2. */
+#define DIRECT_IO_ALLOW_MMAP_FLAG2 (1u << (36 - 32))
 #include "inflate-cluster.h"
 #include "sector-crypt.h"
 
@@ -1085,11 +1087,14 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     fuse_session_destroy(s->se);
     s->se = NULL;
   }
-  if (!problem && s->want_uring) {
+  if (!problem && (s->want_uring || s->direct_io)) {
     /* Hooks on the session's /dev/fuse I/O, before its loop reads INIT (they keep splice on). */
     s->uring = fuse_uring_install(s->se, uring_of, &s->uring_problem);
     if (s->uring) fuse_uring_set_placement(s->uring, s->uring_placement);
     if (s->uring) fuse_uring_set_setup(s->uring, (int)get_num(env, o, "uringSetup", 0));
+    /* Direct-I/O files may still be mapped MAP_SHARED (the kernel keeps those pages coherent itself
+     * when the server says so); without the hooks, or on a kernel that does not offer it, ENODEV. */
+    if (s->uring && s->direct_io) fuse_uring_want_flags2(s->uring, DIRECT_IO_ALLOW_MMAP_FLAG2);
   }
   if (!problem) {
     /* Signals stay with Node's main thread: the workers block them. */

@@ -70,7 +70,7 @@ Mount options (-o, comma-separated; several -o add up):
                              compat (fuse-native); $QCOW_MOUNT_FUSE sets the default
   direct_io                  (native) no page cache: reads of 64 KiB and more 1.3-2.5x faster, smaller
                              ones each a round trip (4 KiB: 7x slower; dd without bs= far worse),
-                             nothing cached, mmap(MAP_SHARED) refused: for imaging and hashing in big reads
+                             nothing cached: for imaging and hashing in big reads
   fuse_uring                 native back-end: FUSE over io_uring when the kernel offers it (root sets
                              /sys/module/fuse/parameters/enable_uring to Y first), else /dev/fuse
                              with one warning line; info.json's fuseTransport says which
