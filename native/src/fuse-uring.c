@@ -195,7 +195,7 @@ void fuse_uring_want_flags2(fuse_uring_t *u, uint32_t bits) {
 
 /* The number of possible CPUs (the kernel's nr_cpu_ids): it makes one queue per possible CPU and
  * holds requests until every queue has an entry. "0-1" -> 2, "0-3,8-11" -> 12. */
-static unsigned possible_cpus(void) {
+unsigned fuse_uring_possible_cpus(void) {
   FILE *f = fopen("/sys/devices/system/cpu/possible", "r");
   char s[256] = "";
   unsigned last = 0;
@@ -228,7 +228,7 @@ int fuse_uring_negotiate(fuse_uring_t *u, size_t payload, unsigned entries, cons
     *why = "the kernel did not offer FUSE over io_uring";
     return 0;
   }
-  u->nq = possible_cpus();
+  u->nq = fuse_uring_possible_cpus();
   u->entries = entries < 1 ? 1 : entries;
   u->payload = (payload + 4095) & ~(size_t)4095;
   u->queues = calloc(u->nq, sizeof *u->queues);

@@ -60,6 +60,9 @@ void fuse_uring_unpark(fuse_uring_ent_t *e);
 void fuse_uring_reply_begin(fuse_uring_ent_t *e);
 void fuse_uring_reply_end(fuse_uring_ent_t *e);
 
+/* The kernel's nr_cpu_ids (possible CPUs, not the online count): one queue each. */
+unsigned fuse_uring_possible_cpus(void);
+
 /* Requests served through the rings so far; queues and entries per queue. */
 uint64_t fuse_uring_requests(const fuse_uring_t *u);
 unsigned fuse_uring_queues(const fuse_uring_t *u);

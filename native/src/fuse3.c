@@ -218,15 +218,7 @@ static size_t uring_payload(session_t *s) {
  * touches count in RSS (a 4 KiB read: one). */
 static unsigned uring_entries(session_t *s) {
   if (s->uring_entries) return s->uring_entries;
-  FILE *f = fopen("/sys/devices/system/cpu/possible", "r");
-  char line[256] = "";
-  unsigned cpus = 1;
-  if (f && fgets(line, sizeof line, f)) {
-    char *c = strrchr(line, '-'), *comma = strrchr(line, ',');
-    if (comma && (!c || comma > c)) c = comma;
-    cpus = (unsigned)atoi(c ? c + 1 : line) + 1;
-  }
-  if (f) fclose(f);
+  const unsigned cpus = fuse_uring_possible_cpus();
   size_t k = (128u << 20) / ((size_t)cpus * uring_payload(s));
   return k < 2 ? 2 : k > 8 ? 8 : (unsigned)k;
 }
