@@ -8,14 +8,13 @@
  * io_uring. With the parameter N: the mount serves over /dev/fuse with one warning line and info.json
  * says dev. Under CI a kernel without the parameter is a failure, not a skip.
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixturePath, fixturesReady, loadManifest, type FixtureImage } from '../test/support/fixtures.js';
 import { toolsAvailable } from '../test/support/tools.js';
-import { Scratch, alive, compareRange, daemonPid, daemonsFor, ensureBuilt, isMounted, pidFileFor, waitFor } from './mount-support.js';
+import { Scratch, alive, compareRange, daemonPid, daemonsFor, ensureBuilt, isMounted, oracleRangeHash, pidFileFor, readRandomRanges, waitFor } from './mount-support.js';
 
 const PARAM = '/sys/module/fuse/parameters/enable_uring';
 const CI = process.env.CI === 'true';
@@ -127,13 +126,13 @@ describe.skipIf(!ready)('-o fuse_uring', () => {
       const view = fixture(name).views[0]!;
       const file = path.join(mnt, 'active.raw');
       const results = await Promise.all(
-        Array.from({ length: 16 }, (_, i) => readRandom(file, 1000 + i, 60, 256 * 1024)),
+        Array.from({ length: 16 }, (_, i) => readRandomRanges(file, 1000 + i, 60, 256 * 1024)),
       );
       let ranges = 0;
       for (const list of results) {
         for (const [off, asked, got, hash] of list) {
           expect(got, `read of ${asked} at ${off}`).toBe(Math.max(0, Math.min(asked, view.size - off)));
-          expect(hash, `[${off}, +${got})`).toBe(expectedHash(fixturePath(view.oracle!), off, got));
+          expect(hash, `[${off}, +${got})`).toBe(oracleRangeHash(fixturePath(view.oracle!), view.size, off, got));
           ranges++;
         }
       }
@@ -166,46 +165,3 @@ describe.skipIf(!ready)('-o fuse_uring', () => {
     }, 120_000);
   });
 });
-
-/** Reads `count` random ranges (seeded) of a file in a child process: [offset, asked, got, sha256]. */
-const READER = `
-  const fs = require('fs'); const crypto = require('crypto');
-  const [file, seedText, countText, maxText] = process.argv.slice(1);
-  let a = Number(seedText) >>> 0;
-  const rnd = () => { a = (a + 0x6d2b79f5) >>> 0; let t = a; t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61); return ((t ^ (t >>> 14)) >>> 0) / 4294967296; };
-  const fd = fs.openSync(file, 'r'); const size = fs.fstatSync(fd).size;
-  const buf = Buffer.alloc(Number(maxText)); const out = [];
-  for (let i = 0; i < Number(countText); i++) {
-    const len = 1 + Math.floor(rnd() * Number(maxText));
-    const off = Math.floor(rnd() * Math.max(1, size - len + 4096));
-    let done = 0;
-    for (;;) { const n = fs.readSync(fd, buf, done, len - done, off + done); if (n === 0) break; done += n; if (done === len) break; }
-    out.push([off, len, done, crypto.createHash('sha256').update(buf.subarray(0, done)).digest('hex')]);
-  }
-  process.stdout.write(JSON.stringify(out));
-`;
-
-function readRandom(file: string, seed: number, count: number, max: number): Promise<[number, number, number, string][]> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(process.execPath, ['-e', READER, file, String(seed), String(count), String(max)], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    c.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    c.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out) as [number, number, number, string][]) : reject(new Error(`reader ${file}: ${err}`))));
-  });
-}
-
-function expectedHash(oracle: string, off: number, len: number): string {
-  const buf = Buffer.alloc(len);
-  const fd = fs.openSync(oracle, 'r');
-  let done = 0;
-  while (done < len) {
-    const r = fs.readSync(fd, buf, done, len - done, off + done);
-    if (r === 0) break; // sparse oracle cut short: zeros
-    done += r;
-  }
-  fs.closeSync(fd);
-  return createHash('sha256').update(buf).digest('hex');
-}

@@ -2,7 +2,8 @@
  * Helpers for the real-FUSE mount tests: run the built qcow-mount CLI, mount and unmount under a
  * private /tmp folder, compare mounted files with QEMU's bytes, and make sure nothing is left behind.
  */
-import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from '../test/support/fixtures.js';
@@ -233,3 +234,51 @@ export function compareRange(actualFile: string, expectedFile: string, position:
 }
 
 export { prng } from '../test/support/prng.js';
+
+/** Reads `count` random ranges (seeded) of a file; prints [offset, asked, got, sha256] for each. */
+const RANDOM_READER = `
+  const fs = require('fs'); const crypto = require('crypto');
+  const [file, seedText, countText, maxText] = process.argv.slice(1);
+  let a = Number(seedText) >>> 0;
+  const rnd = () => { a = (a + 0x6d2b79f5) >>> 0; let t = a; t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61); return ((t ^ (t >>> 14)) >>> 0) / 4294967296; };
+  const fd = fs.openSync(file, 'r'); const size = fs.fstatSync(fd).size;
+  const buf = Buffer.alloc(Number(maxText)); const out = [];
+  for (let i = 0; i < Number(countText); i++) {
+    const len = 1 + Math.floor(rnd() * Number(maxText));
+    const off = Math.floor(rnd() * Math.max(1, size - len + 4096)); // sometimes runs past the end
+    let done = 0;
+    for (;;) { const n = fs.readSync(fd, buf, done, len - done, off + done); if (n === 0) break; done += n; if (done === len) break; }
+    out.push([off, len, done, crypto.createHash('sha256').update(buf.subarray(0, done)).digest('hex')]);
+  }
+  process.stdout.write(JSON.stringify(out));
+`;
+
+/** `count` random reads of up to `max` bytes of `file` by another process (one reader of many at once). */
+export function readRandomRanges(file: string, seed: number, count: number, max: number): Promise<[offset: number, asked: number, got: number, sha256: string][]> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(process.execPath, ['-e', RANDOM_READER, file, String(seed), String(count), String(max)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    c.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out) as [number, number, number, string][]) : reject(new Error(`reader ${file}: ${err}`))));
+  });
+}
+
+/** sha256 of [off, off + len) of an oracle file of `size` bytes, clipped there (a sparse oracle cut short reads as zeros). */
+export function oracleRangeHash(oracle: string, size: number, off: number, len: number): string {
+  const n = Math.max(0, Math.min(len, size - off));
+  const buf = Buffer.alloc(n);
+  const fd = fs.openSync(oracle, 'r');
+  try {
+    for (let done = 0; done < n; ) {
+      const r = fs.readSync(fd, buf, done, n - done, off + done);
+      if (r === 0) break;
+      done += r;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return createHash('sha256').update(buf).digest('hex');
+}

@@ -5,7 +5,7 @@ import { openImageSync } from '../image.js';
 import type { OpenOptions, QcowImage, RemoteOpenOptions } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
 import { mountFuse } from './fuse-adapter.js';
-import { type FuseTransport, type NativeStats, mountNative, nativeFuseAvailable, nativeFuseProblem } from './fuse3-native.js';
+import { type FuseTransport, type NativeMountOptions, type NativeStats, mountNative, nativeFuseAvailable, nativeFuseProblem } from './fuse3-native.js';
 import { HostSlots, qcow2Mapper } from './native-maps.js';
 import { type FuseStatfs, type Logger, createFuseOps } from './fuse-ops.js';
 import { problemLine } from '../problems.js';
@@ -87,15 +87,7 @@ function fuseBackend(option: 'native' | 'compat' | undefined, logger: Logger): '
  * QCOW_MOUNT_FUSE_MAX_WRITE_KB, QCOW_MOUNT_FUSE_READAHEAD_KB (0: the kernel's 128), QCOW_MOUNT_FUSE_SPLICE=0;
  * with -o fuse_uring: QCOW_MOUNT_FUSE_URING_ENTRIES (per queue), QCOW_MOUNT_FUSE_URING_PLACEMENT=pinned|floating.
  */
-function nativeKnobs(): {
-  threads?: number;
-  maxWrite?: number;
-  readAheadKb?: number;
-  splice?: boolean;
-  uringEntries?: number;
-  uringPlacement?: 'adaptive' | 'pinned' | 'floating';
-  uringSetup?: 'plain' | 'coop' | 'defer';
-} {
+function nativeKnobs(): Pick<NativeMountOptions, 'threads' | 'maxWrite' | 'readAheadKb' | 'splice' | 'uringEntries' | 'uringPlacement' | 'uringSetup'> {
   const num = (name: string) => {
     const v = process.env[name];
     return v !== undefined && v !== '' && Number.isInteger(Number(v)) && Number(v) >= 0 ? Number(v) : undefined;
