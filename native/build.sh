@@ -1,7 +1,7 @@
 #!/bin/sh
-# Builds qcow-mount's native FUSE back-end (npm runs this on install). It needs libfuse3-dev, liburing-dev,
+# Builds qcow-mount's native FUSE back-end (npm runs this on install). It needs libfuse3-dev,
 # pkg-config, make and a C compiler; without them the build is skipped with one line and mounts use
-# fuse-native (-o fuse=compat) instead.
+# fuse-native (-o fuse=compat) instead. liburing-dev adds -o fuse_uring's rings (binding.gyp).
 # --if-stale (npm run build): only when the addon is missing or older than its sources.
 cd "$(dirname "$0")" || exit 0
 if [ "${1:-}" = "--if-stale" ] && [ -f build/Release/qcow_fuse3.node ] &&
@@ -19,6 +19,6 @@ if $gyp rebuild "$@" >build.log 2>&1; then
   rm -f build.log
 else
   rm -rf build
-  echo "qcow-mount: the native FUSE back-end was not built (needs libfuse3-dev, liburing-dev, pkg-config, make, cc; see native/build.log); mounts will use fuse-native"
+  echo "qcow-mount: the native FUSE back-end was not built (needs libfuse3-dev, pkg-config, make, cc; see native/build.log); mounts will use fuse-native"
 fi
 exit 0
