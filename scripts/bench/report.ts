@@ -71,6 +71,8 @@ const PEER_TITLE: Record<PeerName, string> = {
   passthrough: 'fuse-native passthrough',
 };
 const OTHERS: PeerName[] = ['ours-dio', 'ours-uring', 'compat', 'qcowmount', 'qsd', 'passthrough'];
+/** qcow-mount in its opt-in modes: also compared with qcowmount directly. */
+const VARIANTS: PeerName[] = ['ours-dio', 'ours-uring'];
 
 /** Median over rounds of base/peer (base: ours), paired round by round (same round, same conditions). */
 export function ratio(values: Partial<Record<PeerName, number[]>>, peer: PeerName, base: PeerName = 'ours'): { med: number; min: number; max: number } | undefined {
@@ -239,12 +241,12 @@ export function renderMarkdown(r: BenchResults): string {
     L.push('');
     const peers = (['ours', ...OTHERS] as PeerName[]).filter((p) => Object.values(sc.workloads).some((w) => w.values[p]));
     const others = peers.filter((p) => p !== 'ours');
-    // -o fuse_uring against qcowmount too, when both ran.
-    const uringRatio = peers.includes('ours-uring') && peers.includes('qcowmount');
-    L.push(`| workload | ${peers.map((p) => PEER_TITLE[p]).join(' | ')} | ${others.map((p) => `ours/${p}`).join(' | ')}${uringRatio ? ' | ours-uring/qcowmount' : ''} |`);
-    L.push(`|---|${peers.map(() => '---').join('|')}|${others.map(() => '---').join('|')}${uringRatio ? '|---' : ''}|`);
+    // The opt-in modes (-o direct_io, -o fuse_uring) against qcowmount too, when both ran.
+    const modes = VARIANTS.filter((v) => peers.includes(v) && peers.includes('qcowmount'));
+    L.push(`| workload | ${peers.map((p) => PEER_TITLE[p]).join(' | ')} | ${others.map((p) => `ours/${p}`).join(' | ')}${modes.map((v) => ` | ${v}/qcowmount`).join('')} |`);
+    L.push(`|---|${peers.map(() => '---').join('|')}|${others.map(() => '---').join('|')}${modes.map(() => '|---').join('')}|`);
     for (const w of Object.values(sc.workloads)) {
-      const extra = uringRatio ? ` | ${ratioCell(ratio(w.values, 'qcowmount', 'ours-uring'))}` : '';
+      const extra = modes.map((v) => ` | ${ratioCell(ratio(w.values, 'qcowmount', v))}`).join('');
       L.push(`| ${w.title} (${w.metric}) | ${peers.map((p) => cell(w.values[p], w.metric)).join(' | ')} | ${others.map((p) => ratioCell(ratio(w.values, p))).join(' | ')}${extra} |`);
     }
     for (const w of Object.values(sc.workloads)) {
@@ -374,8 +376,10 @@ export function renderConsole(r: BenchResults): string {
       const rs = OTHERS.map((p) => [p, ratio(w.values, p)] as const)
         .filter(([, x]) => x)
         .map(([p, x]) => `/${p} ${x!.med.toFixed(2)}x`);
-      const u = ratio(w.values, 'qcowmount', 'ours-uring');
-      if (u) rs.push(`ours-uring/qcowmount ${u.med.toFixed(2)}x`);
+      for (const v of VARIANTS) {
+        const u = ratio(w.values, 'qcowmount', v);
+        if (u) rs.push(`${v}/qcowmount ${u.med.toFixed(2)}x`);
+      }
       L.push(`  ${w.title.padEnd(28)} ${parts.join('  ')}   ratios: ${rs.join(' ')}`);
       const cpu = (['ours', ...OTHERS] as PeerName[]).filter((p) => w.cpuUs[p]).map((p) => `${p} ${cell(w.cpuUs[p], 'µs')}`);
       if (cpu.length) L.push(`  ${''.padEnd(28)} daemon CPU ${w.metric === 'IOPS' ? 'per I/O' : 'per MiB'}: ${cpu.join('  ')}`);
