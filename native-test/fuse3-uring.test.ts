@@ -12,11 +12,12 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ENABLE_URING_PARAMETER } from '../src/mount/fuse3-native.js';
 import { fixturePath, fixturesReady, loadManifest, type FixtureImage } from '../test/support/fixtures.js';
 import { toolsAvailable } from '../test/support/tools.js';
 import { Scratch, alive, compareRange, daemonPid, daemonsFor, ensureBuilt, isMounted, oracleRangeHash, pidFileFor, readRandomRanges, waitFor } from './mount-support.js';
 
-const PARAM = '/sys/module/fuse/parameters/enable_uring';
+const PARAM = ENABLE_URING_PARAMETER;
 const CI = process.env.CI === 'true';
 const root = process.getuid?.() === 0;
 const hasParam = fs.existsSync(PARAM);

@@ -6,9 +6,8 @@
  * its ring commands then, so it stays Y while such a mount is up.)
  */
 import fs from 'node:fs';
+import { ENABLE_URING_PARAMETER as URING_PARAM } from '../../src/mount/fuse3-native.js';
 import { atCleanUp, log } from './util.js';
-
-export const URING_PARAM = '/sys/module/fuse/parameters/enable_uring';
 
 let holders = 0;
 let before: string | undefined;

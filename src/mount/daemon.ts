@@ -5,7 +5,7 @@ import { openImageSync } from '../image.js';
 import type { OpenOptions, QcowImage, RemoteOpenOptions } from '../image.js';
 import { EXIT, type ExitCode, errorMessage, exitCodeFor } from '../exit.js';
 import { mountFuse } from './fuse-adapter.js';
-import { type FuseTransport, type NativeMountOptions, type NativeStats, mountNative, nativeFuseAvailable, nativeFuseProblem } from './fuse3-native.js';
+import { ENABLE_URING_PARAMETER, type FuseTransport, type NativeMountOptions, type NativeStats, mountNative, nativeFuseAvailable, nativeFuseProblem } from './fuse3-native.js';
 import { HostSlots, qcow2Mapper } from './native-maps.js';
 import { type FuseStatfs, type Logger, createFuseOps } from './fuse-ops.js';
 import { problemLine } from '../problems.js';
@@ -339,9 +339,6 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
   hooks.ready({ pid: process.pid, mountPoint: config.mountPoint });
 }
 
-/** Where the kernel says whether FUSE over io_uring may be offered (root sets it; default N). */
-export const ENABLE_URING_PARAMETER = '/sys/module/fuse/parameters/enable_uring';
-
 /** Why -o fuse_uring got /dev/fuse: the module parameter's state, else what the addon said. */
 function uringAbsence(detail: string): string {
   let value: string;
@@ -361,9 +358,15 @@ function uringAbsence(detail: string): string {
 function setInfoField(tree: MountTree, fields: Partial<ImageInfo>): void {
   const info = tree.lookup('/info.json');
   if (!info || info.kind !== 'bytes') return;
+  // The description as served, plus the fields (not described again: that may index VM states).
   const served = JSON.parse(info.bytes.toString('utf8')) as ImageInfo;
   const bytes = infoBytes({ ...served, ...fields }, info.size);
+  // In place: the native back-end serves the buffer it was given at mount.
   if (bytes.length === info.bytes.length) bytes.copy(info.bytes);
+  else {
+    info.bytes = bytes;
+    info.size = bytes.length;
+  }
 }
 
 /**
@@ -375,7 +378,6 @@ function setInfoField(tree: MountTree, fields: Partial<ImageInfo>): void {
  */
 function watchImageFile(image: QcowImage, tree: MountTree, logger: Logger): () => void {
   let noticed = false;
-  const info = tree.lookup('/info.json');
   return () => {
     if (noticed) return;
     let st: fs.Stats;
@@ -391,16 +393,6 @@ function watchImageFile(image: QcowImage, tree: MountTree, logger: Logger): () =
       `warning: ${image.path} changed while mounted (size ${image.fileSize} -> ${st.size}, mtime ${image.mtime.toISOString()} -> ${st.mtime.toISOString()}): ` +
         'what is served may be stale or inconsistent; unmount and mount again for a fresh view',
     );
-    if (info && info.kind === 'bytes') {
-      // The description as served, plus the change (not described again: that may index VM states).
-      const served = JSON.parse(info.bytes.toString('utf8')) as ImageInfo;
-      const bytes = infoBytes({ ...served, imageChanged: { noticed: now.toISOString(), fileSize: st.size, fileMtime: st.mtime.toISOString() } }, info.size);
-      // In place: the native back-end serves the buffer it was given at mount.
-      if (bytes.length === info.bytes.length) bytes.copy(info.bytes);
-      else {
-        info.bytes = bytes;
-        info.size = bytes.length;
-      }
-    }
+    setInfoField(tree, { imageChanged: { noticed: now.toISOString(), fileSize: st.size, fileMtime: st.mtime.toISOString() } });
   };
 }

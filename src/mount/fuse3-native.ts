@@ -37,6 +37,9 @@ export interface NativeStats {
   ringRequests: number;
 }
 
+/** Where the kernel says whether FUSE over io_uring may be offered (root sets it; default N). */
+export const ENABLE_URING_PARAMETER = '/sys/module/fuse/parameters/enable_uring';
+
 /** How requests reach the daemon: FUSE over io_uring, or reads and writes of /dev/fuse. */
 export type FuseTransport = 'io_uring' | 'dev';
 
