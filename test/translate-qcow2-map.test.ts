@@ -129,6 +129,59 @@ describe('Qcow2Map.mapRun', () => {
     expect(runs(o, 0, 0)).toEqual([]);
   });
 
+  it('follows long runs through a table and into the next, ending each where an entry breaks it', () => {
+    const b = new ImageBuilder({ clusterBits: 12, size: 3 * SPAN });
+    // Guest clusters 0-699 on consecutive host clusters (across the first table's end at 512), except 300
+    // (elsewhere) and 301 (the next host cluster after 300's: a run restarts there); 700-899 zero flags
+    // (one preallocated); 900-1099 unallocated; 1100 data again.
+    const base = b.allocClusters(700);
+    const pieces: RunT[] = [];
+    for (let i = 0; i < 700; i++) {
+      if (i === 300 || i === 301) continue;
+      b.active.dataCluster(i, pattern(C, i), base + i * C);
+      pieces.push(['data', i * C, C, base + i * C]);
+    }
+    const moved = b.allocClusters(2);
+    b.active.dataCluster(300, pattern(C, 300), moved);
+    b.active.dataCluster(301, pattern(C, 301), moved + C);
+    pieces.splice(300, 0, ['data', 300 * C, C, moved], ['data', 301 * C, C, moved + C]);
+    for (let i = 700; i < 900; i++) {
+      b.active.zeroCluster(i, i === 800 ? b.allocClusters(1) : 0);
+      pieces.push(['zero', i * C, C]);
+    }
+    pieces.push(['unallocated', 900 * C, 200 * C, 900 * C]);
+    const h1100 = b.active.dataCluster(1100, pattern(C, 1100));
+    pieces.push(['data', 1100 * C, C, h1100]);
+    const o = openMeta(b);
+    const all = runs(o, 0, 1101 * C);
+    expect(all).toEqual(merged(pieces));
+    expect(all.map((r) => r[0])).toEqual(['data', 'data', 'data', 'zero', 'unallocated', 'data']);
+    // Starting inside a cluster and ending inside one: the same runs, cut at both ends.
+    expect(runs(o, 10 * C + 7, 289 * C)).toEqual([['data', 0, 289 * C, base + 10 * C + 7]]);
+    expect(runs(o, 650 * C, 100 * C + 9)).toEqual([
+      ['data', 0, 50 * C, base + 650 * C],
+      ['zero', 50 * C, 50 * C + 9],
+    ]);
+  });
+
+  it('checks every entry a long run passes: a data cluster past the end of the file stops the read (EIO)', () => {
+    const b = new ImageBuilder({ clusterBits: 12, size: SPAN });
+    b.active.dataCluster(0, pattern(C, 0)); // the L2 table comes first, before the run's clusters
+    const base = b.allocClusters(299);
+    for (let i = 1; i < 300; i++) b.active.dataCluster(i, pattern(C, i), base + (i - 1) * C);
+    // Guest 300 and 301 go on with the run: build() puts the L1 table on 300's host cluster and the file
+    // ends before 301's. Guest 350 is off any run and past the end.
+    b.active.setEntry(300, BigInt(base + 299 * C) | COPIED);
+    b.active.setEntry(301, BigInt(base + 300 * C) | COPIED);
+    b.active.setEntry(350, BigInt(2 ** 40) | COPIED);
+    const o = openMeta(b);
+    expect(runs(o, C, 300 * C)).toEqual([['data', 0, 300 * C, base]]);
+    expect(eio(() => runs(o, C, 301 * C)).message).toMatch(/past the end of the file/);
+    expect(eio(() => runs(o, C, 301 * C)).message).toContain('guest offset 0x12d000');
+    expect(runs(o, 302 * C, 48 * C)).toEqual([['unallocated', 0, 48 * C, 302 * C]]);
+    expect(eio(() => runs(o, 302 * C, 100 * C)).message).toContain('guest offset 0x15e000');
+  });
+
   it('treats L1 indexes past the end of the L1 table as unallocated', () => {
     const b = new ImageBuilder({ clusterBits: 12, size: SPAN });
     b.active.dataCluster(0, pattern(C, 1));
