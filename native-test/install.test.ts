@@ -93,10 +93,14 @@ describe.skipIf(!ready)('installed from the packed tarball', () => {
     expect(fs.readFileSync(out).equals(fs.readFileSync(fixturePath(view.oracle!)))).toBe(true);
   });
 
-  it('installed the bundles: one file per command, the worker scripts beside them', () => {
+  it('installed the bundles: a launcher, a bundle and its code cache per command, the worker scripts beside them', () => {
     const cli = path.join(prefix, 'lib', 'node_modules', pkg.name, 'dist', 'cli');
-    const files = fs.readdirSync(cli).filter((f) => f.endsWith('.js')).sort();
-    expect(files).toEqual([...Object.keys(pkg.bin).map((c) => `${c}.js`), 'inflate-worker.js', 'read-worker.js', 'remote-worker.js'].sort());
+    const files = fs.readdirSync(cli).filter((f) => !f.endsWith('.map')).sort();
+    const commands = Object.keys(pkg.bin).flatMap((c) => [`${c}.js`, `${c}.bundle.js`, `${c}.bundle.js.cache`]);
+    expect(files).toEqual([...commands, 'package.json', 'inflate-worker.mjs', 'read-worker.mjs', 'remote-worker.mjs'].sort());
+    // The installed commands start from the code caches the build made (the same Node here).
+    const env = { ...scratch.env(), PATH: `${bin}:${process.env.PATH}`, QCOW_CODE_CACHE: 'check' };
+    for (const c of Object.keys(pkg.bin)) expect(spawnSync(c, ['--version'], { env, encoding: 'utf8' }).stderr, c).toBe('code cache: used\n');
     // Bundled, so not installed: the commands' pure-JS dependencies.
     expect(fs.existsSync(path.join(prefix, 'lib', 'node_modules', pkg.name, 'node_modules', 'commander'))).toBe(false);
   });

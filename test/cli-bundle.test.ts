@@ -1,10 +1,12 @@
 /**
- * The commands as `npm run build` bundles them (scripts/bundle.mjs): each command one file in dist/cli,
- * its worker scripts bundled beside it and working, its native addons found from there (and only loaded
- * where needed), and a reader that closes the pipe early ends a command quietly.
+ * The commands as `npm run build` bundles them (scripts/bundle.mjs): each command one bundle in dist/cli,
+ * started by its launcher from V8's code cache, its worker scripts bundled beside it and working, its
+ * native addons found from there (and only loaded where needed), and a reader that closes the pipe early
+ * ends a command quietly.
  */
 import { type SpawnSyncReturns, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import { isBuiltin } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +19,7 @@ import { toolsAvailable } from './support/tools.js';
 const CLI = path.join(repoRoot, 'dist/cli');
 const COMMANDS = ['qcow-mount', 'qcow-info', 'qcow-export', 'qcow-diff'];
 const bin = (cmd: string) => path.join(CLI, `${cmd}.js`);
+const bundle = (cmd: string) => path.join(CLI, `${cmd}.bundle.js`);
 /** Each command's first line: Node started without NODE_EXTRA_CA_CERTS, its file name passed on to us (src/io/trusted-ca.ts). */
 const SHEBANG = '#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS QCOW_NODE_EXTRA_CA_CERTS=${NODE_EXTRA_CA_CERTS} node';
 for (const cmd of COMMANDS) if (!fs.existsSync(bin(cmd))) throw new Error(`${bin(cmd)} is missing: run \`npm run build\` first (npm test does)`);
@@ -34,20 +37,51 @@ afterAll(() => {
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-describe('one file per command', () => {
-  it('the bin entries are the bundles: executable, no module of ours imported beside them', () => {
+describe('one bundle per command, started by its launcher', () => {
+  it('the bin entries are the launchers: executable, each running its bundle and nothing else of ours', () => {
     const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { bin: Record<string, string>; files: string[] };
     expect(Object.keys(pkg.bin).sort()).toEqual([...COMMANDS].sort());
+    // dist/cli is CommonJS: the launchers and bundles; the worker scripts are ESM (.mjs).
+    expect(JSON.parse(fs.readFileSync(path.join(CLI, 'package.json'), 'utf8'))).toEqual({ type: 'commonjs' });
     for (const cmd of COMMANDS) {
       expect(pkg.bin[cmd]).toBe(`./dist/cli/${cmd}.js`);
       expect(fs.statSync(bin(cmd)).mode & 0o111, cmd).not.toBe(0);
-      const js = fs.readFileSync(bin(cmd), 'utf8');
-      expect(js.startsWith(`${SHEBANG}\n`), cmd).toBe(true);
+      const launcher = fs.readFileSync(bin(cmd), 'utf8');
+      expect(launcher.startsWith(`${SHEBANG}\n`), cmd).toBe(true);
+      expect([...launcher.matchAll(/require\(['"]([^'"]+)['"]\)/g)].map((m) => m[1]).filter((m) => !m!.startsWith('node:')), cmd).toEqual([]);
+      expect(launcher, cmd).toContain(`'${cmd}.bundle.js'`);
+      const js = fs.readFileSync(bundle(cmd), 'utf8');
       // Only Node's built-ins and the packages with native addons (loaded at run time) stay outside.
-      const imported = [...js.matchAll(/^import .* from ["']([^"']+)["'];?$/gm)].map((m) => m[1]);
-      expect(imported.filter((m) => !m!.startsWith('node:')), cmd).toEqual([]);
+      const required = [...js.matchAll(/\brequire\("([^"]+)"\)/g)].map((m) => m[1]!);
+      expect(required.filter((m) => !m.startsWith('node:') && !['fuse-native', 'zstd-napi'].includes(m) && !isBuiltin(m)), cmd).toEqual([]);
       expect(js, cmd).not.toMatch(/\bimport\(["']\.\.?\//);
-      expect(fs.existsSync(`${bin(cmd)}.map`), `${cmd}.js.map`).toBe(true);
+      expect(fs.existsSync(`${bundle(cmd)}.map`), `${cmd}.bundle.js.map`).toBe(true);
+      expect(fs.existsSync(`${bundle(cmd)}.cache`), `${cmd}.bundle.js.cache`).toBe(true);
+    }
+  });
+
+  it('each command starts from its code cache; without one, or with one V8 rejects, it compiles and runs', () => {
+    for (const cmd of COMMANDS) {
+      const r = spawnSync(bin(cmd), ['--version'], { env: { ...process.env, QCOW_CODE_CACHE: 'check' }, encoding: 'utf8' });
+      expect(r.status, cmd).toBe(0);
+      expect(r.stderr, cmd).toBe('code cache: used\n');
+    }
+    // A copy of dist/cli (and package.json, for the version) whose caches are damaged (another Node's,
+    // a cut file) or gone.
+    const copy = path.join(tmp, 'package', 'dist', 'cli');
+    fs.cpSync(CLI, copy, { recursive: true });
+    fs.copyFileSync(path.join(repoRoot, 'package.json'), path.join(tmp, 'package', 'package.json'));
+    const damaged = path.join(copy, 'qcow-info.bundle.js.cache');
+    const bytes = fs.readFileSync(damaged);
+    bytes.fill(0x5a, 0, 64);
+    fs.writeFileSync(damaged, bytes);
+    fs.rmSync(path.join(copy, 'qcow-export.bundle.js.cache'));
+    const version = (JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version;
+    for (const [cmd, said] of [['qcow-info', 'rejected'], ['qcow-export', 'none']] as const) {
+      const r = spawnSync(path.join(copy, `${cmd}.js`), ['--version'], { env: { ...process.env, QCOW_CODE_CACHE: 'check' }, encoding: 'utf8' });
+      expect(r.status, cmd).toBe(0);
+      expect(r.stderr, cmd).toBe(`code cache: ${said}\n`);
+      expect(r.stdout.trim(), cmd).toBe(version);
     }
   });
 
@@ -70,19 +104,27 @@ describe('one file per command', () => {
 
   it('every worker script a command starts is bundled beside it', () => {
     const started = new Set<string>();
-    for (const cmd of COMMANDS) for (const m of fs.readFileSync(bin(cmd), 'utf8').matchAll(/workerScript\("([^"]+)"\)/g)) started.add(m[1]!);
+    for (const cmd of COMMANDS) for (const m of fs.readFileSync(bundle(cmd), 'utf8').matchAll(/workerScript\("([^"]+)"\)/g)) started.add(m[1]!);
     expect([...started].sort()).toEqual(['codec/inflate-worker', 'export/read-worker', 'io/remote-worker']);
-    for (const w of started) expect(fs.existsSync(path.join(CLI, `${path.basename(w)}.js`)), w).toBe(true);
+    for (const w of started) expect(fs.existsSync(path.join(CLI, `${path.basename(w)}.mjs`)), w).toBe(true);
     // A script found relative to import.meta.url would be looked for beside the bundle: use workerScript().
-    for (const f of fs.readdirSync(CLI).filter((n) => n.endsWith('.js'))) {
-      expect(fs.readFileSync(path.join(CLI, f), 'utf8').match(/new URL\(["'][^"']+\.js["'], import\.meta\.url\)/g), f).toBeNull();
+    for (const f of fs.readdirSync(CLI).filter((n) => /\.m?js$/.test(n))) {
+      expect(fs.readFileSync(path.join(CLI, f), 'utf8').match(/new URL\(["'][^"']+\.m?js["'], (import\.meta\.url|qcowBundleUrl)\)/g), f).toBeNull();
     }
   });
 
-  it('the source map names the source files', () => {
-    const map = JSON.parse(fs.readFileSync(`${bin('qcow-export')}.map`, 'utf8')) as { sources: string[] };
+  it('the source map names the source files, and --enable-source-maps maps a stack trace to them', () => {
+    const map = JSON.parse(fs.readFileSync(`${bundle('qcow-export')}.map`, 'utf8')) as { sources: string[] };
     expect(map.sources).toContain('../../src/cli/qcow-export.ts');
     expect(map.sources).toContain('../../src/export/copy-disk.ts');
+    // An error's stack, printed under QCOW_MOUNT_DEBUG_ERRORS: opening a missing image fails in src/io/host-file.ts.
+    const env = { ...process.env, QCOW_MOUNT_DEBUG_ERRORS: '1' };
+    const args = [bin('qcow-export'), '-q', path.join(tmp, 'no-such.qcow2'), path.join(tmp, 'x.raw')];
+    const mapped = spawnSync(process.execPath, ['--enable-source-maps', ...args], { env, encoding: 'utf8' });
+    expect(mapped.status).toBe(2);
+    expect(mapped.stderr).toMatch(/\/src\/io\/host-file\.ts:\d+:\d+/);
+    const plain = spawnSync(process.execPath, args, { env, encoding: 'utf8' });
+    expect(plain.stderr).toMatch(/\/dist\/cli\/qcow-export\.bundle\.js:\d+:\d+/);
   });
 });
 
@@ -93,7 +135,7 @@ describe.skipIf(!manifest)('the bundled worker scripts', () => {
     const src = zlib.deflateRawSync(data);
     const state = new SharedArrayBuffer(4);
     const out = new SharedArrayBuffer(data.length);
-    const w = new Worker(path.join(CLI, 'inflate-worker.js'));
+    const w = new Worker(path.join(CLI, 'inflate-worker.mjs'));
     try {
       const srcCopy = new ArrayBuffer(src.length);
       new Uint8Array(srcCopy).set(src);
@@ -112,7 +154,7 @@ describe.skipIf(!manifest)('the bundled worker scripts', () => {
     const f = plain();
     const expected = fs.readFileSync(oracle(f.name));
     const length = Math.min(expected.length, 1 << 20);
-    const w = new Worker(path.join(CLI, 'read-worker.js'), { workerData: { imagePath: fixturePath(f.image) } });
+    const w = new Worker(path.join(CLI, 'read-worker.mjs'), { workerData: { imagePath: fixturePath(f.image) } });
     try {
       const reply = await new Promise<{ buffer: ArrayBuffer; got?: number; error?: { message: string } }>((resolve, reject) => {
         w.once('message', resolve);

@@ -6,7 +6,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { commandScript } from '../package-files.js';
 import { Command, Option } from 'commander';
 import { type RemoteOpenOptions, openImageSync } from '../image.js';
 import { isRemoteName, redactUrl } from '../io/remote-url.js';
@@ -320,7 +320,7 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
     throw new CliError(`cannot open the log file: ${errorMessage(err)}`, EXIT.MOUNT);
   }
 
-  const script = fileURLToPath(import.meta.url);
+  const script = commandScript(import.meta.url);
   const childArgs = [...process.execArgv, script, '--daemon-child', '--log', logPath];
   if (opts.debug) childArgs.push('--debug');
   // Passphrases go over the IPC channel when the child asks: never argv, environment or log.
@@ -419,7 +419,7 @@ async function runBackground(image: string, mountPointArg: string, options: Moun
   throw new CliError(`the daemon ${how} before the mount was ready; see ${logPath}`, EXIT.MOUNT);
 }
 
-const isMain = process.argv[1] !== undefined && fs.realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
+const isMain = process.argv[1] !== undefined && fs.realpathSync(process.argv[1]) === commandScript(import.meta.url);
 if (isMain) {
   main(process.argv).then(
     (code) => {
