@@ -199,6 +199,29 @@ function addonsLoaded(cmd: string, args: string[]): { r: SpawnSyncReturns<string
   return { r, addons };
 }
 
+/** Runs a command with a hook that lists, at exit, the Node built-ins the process loaded. */
+function builtinsLoaded(cmd: string, args: string[]): { r: SpawnSyncReturns<string>; builtins: string[] } {
+  const hook = path.join(tmp, 'builtins-hook.cjs');
+  const list = path.join(tmp, `builtins-${process.hrtime.bigint()}.json`);
+  fs.writeFileSync(hook, "process.on('exit', () => require('fs').writeFileSync(process.env.BUILTINS_OUT, JSON.stringify(process.moduleLoadList)));\n");
+  const r = spawnSync(process.execPath, ['-r', hook, bin(cmd), ...args], { encoding: 'utf8', env: { ...process.env, BUILTINS_OUT: list }, timeout: 60_000 });
+  const loaded = fs.existsSync(list) ? (JSON.parse(fs.readFileSync(list, 'utf8')) as string[]) : [];
+  return { r, builtins: loaded.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice('NativeModule '.length)) };
+}
+
+describe.skipIf(!manifest)('built-ins loaded where they are used (src/lazy-builtins.ts)', () => {
+  it('a plain export loads neither crypto, zlib nor worker threads; --hash loads crypto', () => {
+    const f = plain();
+    const { r, builtins } = builtinsLoaded('qcow-export', ['-q', fixturePath(f.image), path.join(tmp, 'lazy.raw')]);
+    expect(r.status, r.stderr).toBe(0);
+    expect(builtins).toContain('fs'); // the hook saw the run
+    for (const m of ['crypto', 'zlib', 'worker_threads']) expect(builtins, m).not.toContain(m);
+    const hashed = builtinsLoaded('qcow-export', ['-q', '--hash', 'sha256', fixturePath(f.image), '/dev/null']);
+    expect(hashed.r.status, hashed.r.stderr).toBe(0);
+    expect(hashed.builtins).toContain('crypto');
+  });
+});
+
 describe.skipIf(!manifest)('native addons from the bundle', () => {
   it("qcow-export finds the qcow_copy addon and its output equals QEMU's", () => {
     const built = fs.existsSync(path.join(repoRoot, 'native/build/Release/qcow_copy.node'));

@@ -1,8 +1,7 @@
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import tty from 'node:tty';
 import type { KeyOptions, PassphraseRequest } from '../encryption.js';
 import { CliError, EXIT } from '../exit.js';
+import { lazyChildProcess, lazyTty } from '../lazy-builtins.js';
 
 /**
  * Passphrases for encrypted images, as the commands take them: `-k FILE` / `--key-file FILE` (the file's
@@ -41,7 +40,7 @@ export function readKeyFiles(files: readonly string[]): Buffer[] {
  */
 export function keyOptions(files: readonly string[] | undefined, how: { prompt: boolean } = { prompt: true }): KeyOptions {
   const passphrases = readKeyFiles(files ?? []);
-  if (passphrases.length > 0 || !how.prompt || !tty.isatty(0)) return { passphrases };
+  if (passphrases.length > 0 || !how.prompt || !lazyTty().isatty(0)) return { passphrases };
   return { passphrases, passphrase: (req) => (req.attempt <= 3 ? promptPassphrase(req) : undefined) };
 }
 
@@ -74,7 +73,7 @@ function readAllStdin(): Buffer {
 /** Asks on the terminal with echo off; the line's bytes without its newline. */
 function promptPassphrase(req: PassphraseRequest): Buffer | undefined {
   const label = req.attempt > 1 ? 'No key slot opened; passphrase' : 'Passphrase';
-  const stty = (arg: string) => execFileSync('stty', [arg], { stdio: ['inherit', 'ignore', 'ignore'] });
+  const stty = (arg: string) => lazyChildProcess().execFileSync('stty', [arg], { stdio: ['inherit', 'ignore', 'ignore'] });
   // Echo off before the prompt shows: the terminal echoes what is typed (or pasted) when it arrives.
   stty('-echo');
   fs.writeSync(2, `${label} for ${req.path} (${req.format === 'luks' ? 'LUKS' : 'AES'}): `);

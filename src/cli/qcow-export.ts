@@ -3,9 +3,7 @@
  * qcow-export IMAGE OUTPUT: writes one view of a qcow2 image (the active disk, a snapshot's disk, or a
  * snapshot's VM state) as a raw file, sparse, with an optional digest and a progress bar on a terminal.
  */
-import { createHash, getHashes } from 'node:crypto';
 import fs from 'node:fs';
-import { isatty } from 'node:tty';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { openImage } from '../image.js';
 import { CliError, EXIT } from '../exit.js';
@@ -18,6 +16,7 @@ import type { BadRegion } from '../export/copy-disk.js';
 import { type RemoteCliOptions, addRemoteOptions, remoteOpenOptions } from './remote-options.js';
 import { parseSize } from '../units.js';
 import { type ImageCliOptions, addImageOptions, openOptionsFrom, warnProblems, withNoBackingHint } from './image-options.js';
+import { lazyCrypto, lazyTty } from '../lazy-builtins.js';
 
 const PROG = 'qcow-export';
 const HASHES = ['sha256', 'sha1', 'md5', 'sha512'] as const;
@@ -94,10 +93,10 @@ async function main(argv: string[]): Promise<number> {
   if (opts.memory && opts.vmstate) throw new CliError('--memory and --vmstate are two different views; give one', EXIT.USAGE);
   if (opts.ramBelow4g !== undefined && !opts.memory) throw new CliError('--ram-below-4g only goes with --memory', EXIT.USAGE);
   const memoryOptions = { maxRamBelow4g: opts.ramBelow4g === undefined ? undefined : parseSize(opts.ramBelow4g, '--ram-below-4g') };
-  if (opts.hash && !getHashes().includes(opts.hash)) throw new CliError(`this Node.js has no ${opts.hash} digest`, EXIT.USAGE);
+  if (opts.hash && !lazyCrypto().getHashes().includes(opts.hash)) throw new CliError(`this Node.js has no ${opts.hash} digest`, EXIT.USAGE);
 
   // tty.isatty, not process.stdout.isTTY: creating process.stdout would make a piped fd 1 non-blocking.
-  if (output === '-' && isatty(1)) throw new CliError('standard output is a terminal; redirect it to a file or a pipe (or give an OUTPUT file)', EXIT.USAGE);
+  if (output === '-' && lazyTty().isatty(1)) throw new CliError('standard output is a terminal; redirect it to a file or a pipe (or give an OUTPUT file)', EXIT.USAGE);
 
   const keys = keyOptions(opts.keyFile);
   const openOptions = { ...openOptionsFrom(opts), remote: remoteOpenOptions(opts, EXPORT_REMOTE_CACHE_SIZE) };
@@ -120,7 +119,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     const view = selectView(image, { ...opts, memoryOptions });
     const encrypted = image.encryption !== undefined || image.backingChain.some((l) => l.encryption !== undefined);
-    const hash = opts.hash ? createHash(opts.hash) : undefined;
+    const hash = opts.hash ? lazyCrypto().createHash(opts.hash) : undefined;
     const toStdout = output === '-';
     const badRegions: BadRegion[] | undefined = opts.bestEffort ? [] : undefined;
     // cli-progress is loaded only where a bar is drawn: it costs start-up time.

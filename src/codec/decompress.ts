@@ -1,6 +1,6 @@
-import zlib from 'node:zlib';
 import { createRequire } from 'node:module';
 import type { CompressionType } from '../format/header.js';
+import { lazyZlib } from '../lazy-builtins.js';
 
 /**
  * zstd comes from zstd-napi: Node 20's zlib has no zstd, and zstd-napi binds the reference libzstd
@@ -39,6 +39,7 @@ function zlibCluster(src: Uint8Array, into: Uint8Array): void {
   try {
     // Z_SYNC_FLUSH: a stream cut at the descriptor's end is fine as long as it filled the cluster.
     // chunkSize: one output chunk of a whole cluster, not 16 KiB pieces joined afterwards (~15% faster).
+    const zlib = lazyZlib();
     out = zlib.inflateRawSync(src, {
       finishFlush: zlib.constants.Z_SYNC_FLUSH,
       maxOutputLength: into.length,

@@ -1,6 +1,7 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import type { CompressionType } from '../format/header.js';
 import { workerScript } from '../package-files.js';
+import { lazyWorkerThreads } from '../lazy-builtins.js';
 
 const PENDING = 0;
 const DONE = 1;
@@ -106,7 +107,7 @@ export class InflatePool {
   private worker(): Worker | undefined {
     if (this.workers.length < this.threads) {
       try {
-        const w = new Worker(workerScript('codec/inflate-worker'));
+        const w = new (lazyWorkerThreads().Worker)(workerScript('codec/inflate-worker'));
         w.unref();
         w.on('error', () => this.fail());
         w.on('exit', () => this.fail());

@@ -1,7 +1,7 @@
-import crypto from 'node:crypto';
 import { QcowError, oneLine } from '../errors.js';
 import { LUKS_SECTOR, type LuksHash, type LuksHeader } from '../format/luks-header.js';
 import { SectorCipher } from './sector-cipher.js';
+import { lazyCrypto } from '../lazy-builtins.js';
 
 /** Reads `length` bytes at `offset` from the start of the LUKS header (the encryption header area). */
 export type LuksAreaReader = (offset: number, length: number) => Buffer;
@@ -31,7 +31,7 @@ export function tryUnlockLuks(header: LuksHeader, passphrase: Uint8Array, readAr
   const { keyBytes, hashSpec } = header;
   for (const slot of header.slots) {
     if (!slot.active) continue;
-    const slotKey = crypto.pbkdf2Sync(passphrase, slot.salt, slot.iterations, keyBytes, hashSpec);
+    const slotKey = lazyCrypto().pbkdf2Sync(passphrase, slot.salt, slot.iterations, keyBytes, hashSpec);
     const split = readArea(slot.keyOffset, Math.ceil(slot.materialBytes / LUKS_SECTOR) * LUKS_SECTOR);
     const cipher = new SectorCipher(header.spec, slotKey, file);
     try {
@@ -42,8 +42,8 @@ export function tryUnlockLuks(header: LuksHeader, passphrase: Uint8Array, readAr
     }
     const candidate = afMerge(hashSpec, split.subarray(0, slot.materialBytes), keyBytes, slot.stripes);
     split.fill(0);
-    const digest = crypto.pbkdf2Sync(candidate, header.masterKeySalt, header.masterKeyIterations, header.masterKeyDigest.length, hashSpec);
-    if (crypto.timingSafeEqual(digest, header.masterKeyDigest)) return candidate;
+    const digest = lazyCrypto().pbkdf2Sync(candidate, header.masterKeySalt, header.masterKeyIterations, header.masterKeyDigest.length, hashSpec);
+    if (lazyCrypto().timingSafeEqual(digest, header.masterKeyDigest)) return candidate;
     candidate.fill(0);
   }
   return undefined;
@@ -69,12 +69,12 @@ const DIGEST_BYTES: Partial<Record<LuksHash, number>> = {};
 
 /** Each digest-sized piece j of `block` becomes HASH(BE32(j) ‖ piece), cut to the piece's length. */
 function diffuse(hash: LuksHash, block: Buffer): void {
-  const digestBytes = (DIGEST_BYTES[hash] ??= crypto.createHash(hash).digest().length);
+  const digestBytes = (DIGEST_BYTES[hash] ??= lazyCrypto().createHash(hash).digest().length);
   const index = Buffer.alloc(4);
   for (let j = 0, at = 0; at < block.length; j++, at += digestBytes) {
     const piece = block.subarray(at, Math.min(block.length, at + digestBytes));
     index.writeUInt32BE(j);
-    const out = crypto.createHash(hash).update(index).update(piece).digest();
+    const out = lazyCrypto().createHash(hash).update(index).update(piece).digest();
     piece.set(out.subarray(0, piece.length));
   }
 }

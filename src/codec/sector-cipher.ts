@@ -1,7 +1,8 @@
-import crypto from 'node:crypto';
+import type { Cipher, Decipher } from 'node:crypto';
 import os from 'node:os';
 import { QcowError } from '../errors.js';
 import type { CipherSpec } from '../format/luks-header.js';
+import { lazyCrypto } from '../lazy-builtins.js';
 
 /** Both QEMU encryption methods work on 512-byte sectors, each with its own IV. */
 export const SECTOR = 512;
@@ -21,9 +22,9 @@ export const SECTOR = 512;
  */
 export class SectorCipher {
   readonly blockBytes: number;
-  private decryptEcb: crypto.Decipher;
-  private encryptEcb: crypto.Cipher | undefined;
-  private essiv: crypto.Cipher | undefined;
+  private decryptEcb: Decipher;
+  private encryptEcb: Cipher | undefined;
+  private essiv: Cipher | undefined;
   private scratch = Buffer.alloc(0);
   private ivs = Buffer.alloc(0);
   private keys: Buffer[] = [];
@@ -40,23 +41,23 @@ export class SectorCipher {
     const k = Buffer.from(key);
     this.keys.push(k);
     const half = spec.mode === 'xts' ? k.subarray(0, k.length / 2) : k;
-    this.decryptEcb = make(() => crypto.createDecipheriv(ecb, half, null), spec, file);
+    this.decryptEcb = make(() => lazyCrypto().createDecipheriv(ecb, half, null), spec, file);
     this.decryptEcb.setAutoPadding(false);
     if (spec.mode === 'xts') {
-      this.encryptEcb = make(() => crypto.createCipheriv(ecb, k.subarray(k.length / 2), null), spec, file);
+      this.encryptEcb = make(() => lazyCrypto().createCipheriv(ecb, k.subarray(k.length / 2), null), spec, file);
     } else if (spec.mode === 'ctr') {
-      this.encryptEcb = make(() => crypto.createCipheriv(ecb, k, null), spec, file);
+      this.encryptEcb = make(() => lazyCrypto().createCipheriv(ecb, k, null), spec, file);
     }
     this.encryptEcb?.setAutoPadding(false);
     if (spec.ivgen === 'essiv' && spec.mode !== 'ecb') {
       // dm-crypt's ESSIV keys the IV cipher with the whole digest: aes-128 + sha256 gives AES-256 IVs.
-      const essivKey = crypto.createHash(spec.ivHash!).update(k).digest();
+      const essivKey = lazyCrypto().createHash(spec.ivHash!).update(k).digest();
       this.keys.push(essivKey);
       const essivName = `${spec.cipher === 'cast5' ? 'cast5' : `aes-${essivKey.length * 8}`}-ecb`;
       if (spec.cipher !== 'cast5' && ![16, 24, 32].includes(essivKey.length)) {
         throw new QcowError('EUNSUPPORTED', file, `ESSIV with ${spec.ivHash} gives a ${essivKey.length}-byte key, which ${spec.cipher} does not take`);
       }
-      this.essiv = make(() => crypto.createCipheriv(essivName, essivKey, null), spec, file);
+      this.essiv = make(() => lazyCrypto().createCipheriv(essivName, essivKey, null), spec, file);
       this.essiv.setAutoPadding(false);
     }
   }

@@ -1,7 +1,8 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { QcowError, type QcowErrorCode } from '../errors.js';
 import type { OpenOptions } from '../image.js';
 import { workerScript } from '../package-files.js';
+import { lazyWorkerThreads } from '../lazy-builtins.js';
 
 /** How a worker finds the view again: the image, how it was opened, and which view. */
 export interface ViewSpec {
@@ -47,7 +48,7 @@ export class ReadPool {
   constructor(spec: ViewSpec, count: number) {
     const url = workerScript('export/read-worker');
     for (let i = 0; i < count; i++) {
-      const worker = new Worker(url, { workerData: spec });
+      const worker = new (lazyWorkerThreads().Worker)(url, { workerData: spec });
       const slot = { worker, busy: 0 };
       worker.on('message', (reply: ReadReply) => {
         slot.busy--;

@@ -1,5 +1,5 @@
-import { crc32 } from 'node:zlib';
 import { gptTypeName, mbrTypeName } from './partition-types.js';
+import { lazyZlib } from '../lazy-builtins.js';
 
 /**
  * Decoding of MBR (with extended/logical EBR chains) and GPT partition tables. No I/O: the caller
@@ -284,7 +284,7 @@ function readGptHeader(source: ByteSource, diskSize: number, ss: number, lba: nu
   const copy = Buffer.from(bytes.subarray(0, headerSize));
   copy.writeUInt32LE(0, 16);
   const storedCrc = view.getUint32(16, true);
-  const crc = crc32(copy);
+  const crc = lazyZlib().crc32(copy);
   if (crc !== storedCrc) return `header CRC mismatch (stored 0x${hex32(storedCrc)}, computed 0x${hex32(crc)})`;
   const myLba = u64(view, 24);
   if (myLba !== lba) return `header says it is at LBA ${view.getBigUint64(24, true)}, found at LBA ${lba}`;
@@ -307,7 +307,7 @@ function readGptHeader(source: ByteSource, diskSize: number, ss: number, lba: nu
   const entries = arrayBytes === 0 ? new Uint8Array(0) : source(entriesLba * ss, arrayBytes);
   if (!entries || entries.length < arrayBytes) return `entry array at LBA ${entriesLba} cannot be read`;
   const storedEntriesCrc = view.getUint32(88, true);
-  const entriesCrc = crc32(entries);
+  const entriesCrc = lazyZlib().crc32(entries);
   if (entriesCrc !== storedEntriesCrc) {
     return `entry array CRC mismatch (stored 0x${hex32(storedEntriesCrc)}, computed 0x${hex32(entriesCrc)})`;
   }

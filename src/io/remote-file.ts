@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { QcowError, hex } from '../errors.js';
 import { BlockCache, type CachedBlock } from './block-cache.js';
 import { type ImageFile, type StreamTarget, StreamFailed, newFileId, readWhole } from './image-file.js';
@@ -22,6 +22,7 @@ import {
 import { parseRemoteUrl, redactText, redactUrl } from './remote-url.js';
 import { withDeferredCa } from './trusted-ca.js';
 import { workerScript } from '../package-files.js';
+import { lazyWorkerThreads } from '../lazy-builtins.js';
 
 export const DEFAULT_REMOTE_CACHE_SIZE = 256 * 1024 * 1024;
 export const DEFAULT_REMOTE_BLOCK_SIZE = 256 * 1024;
@@ -564,8 +565,8 @@ class RemoteClient {
  */
 function startWorker(): Worker {
   const js = workerScript('io/remote-worker');
-  if (fs.existsSync(js)) return new Worker(js);
+  if (fs.existsSync(js)) return new (lazyWorkerThreads().Worker)(js);
   const ts = new URL('./remote-worker.ts', import.meta.url);
   const boot = `import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(ts.href)}); })`;
-  return new Worker(boot, { eval: true });
+  return new (lazyWorkerThreads().Worker)(boot, { eval: true });
 }

@@ -1,8 +1,7 @@
-import { createHash } from 'node:crypto';
-import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { lazyChildProcess, lazyCrypto } from '../lazy-builtins.js';
 
 /** FUSE type suffix: our mounts show as `fuse.qcow-mount` in /proc/self/mountinfo. */
 export const FUSE_SUBTYPE = 'qcow-mount';
@@ -100,7 +99,7 @@ export function ensureStateDir(dir = stateDir()): string {
 
 /** A short key for a mount point: the first 16 hex digits of the SHA-256 of its resolved path. */
 export function mountKey(mountPoint: string): string {
-  return createHash('sha256').update(mountPoint).digest('hex').slice(0, 16);
+  return lazyCrypto().createHash('sha256').update(mountPoint).digest('hex').slice(0, 16);
 }
 
 export function pidFilePath(mountPoint: string, dir = stateDir()): string {
@@ -209,7 +208,7 @@ function unmountResult(err: unknown, stderr: string): UnmountResult {
 export function unmountSync(mountPoint: string, lazy: boolean): UnmountResult {
   const [cmd, args] = unmountCommand(mountPoint, lazy);
   try {
-    execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    lazyChildProcess().execFileSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     return unmountResult(undefined, '');
   } catch (err) {
     const stderr = (err as { stderr?: Buffer }).stderr?.toString() ?? '';
@@ -221,7 +220,7 @@ export function unmountSync(mountPoint: string, lazy: boolean): UnmountResult {
 export function unmountAsync(mountPoint: string, lazy: boolean): Promise<UnmountResult> {
   const [cmd, args] = unmountCommand(mountPoint, lazy);
   return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: 30_000 }, (err, _stdout, stderr) => resolve(unmountResult(err, String(stderr))));
+    lazyChildProcess().execFile(cmd, args, { timeout: 30_000 }, (err, _stdout, stderr) => resolve(unmountResult(err, String(stderr))));
   });
 }
 
