@@ -22,8 +22,10 @@ export const enum ClusterType {
   Invalid = 5,
 }
 
-const COMPRESSED_HI = 0x40000000;
+export const COMPRESSED_HI = 0x40000000;
 const COPIED_HI = 0x80000000;
+/** Bit 0 of a standard entry: the cluster reads as zeros (version 3). */
+export const ZERO_FLAG_LO = 1;
 
 /**
  * Classifies a standard (64-bit) L2 entry the way QEMU does. With an external data file, offset 0
@@ -31,7 +33,7 @@ const COPIED_HI = 0x80000000;
  */
 export function classifyStandard(hi: number, lo: number, hasDataFile: boolean): ClusterType {
   if (hi & COMPRESSED_HI) return ClusterType.Compressed;
-  if (lo & 1) return ClusterType.Zero;
+  if (lo & ZERO_FLAG_LO) return ClusterType.Zero;
   if ((hi & L1_OFFSET_HI_MASK) === 0 && ((lo & OFFSET_LO_MASK) >>> 0) === 0) {
     return hasDataFile && hi & COPIED_HI ? ClusterType.Data : ClusterType.Unallocated;
   }

@@ -2,7 +2,7 @@ import type { LRUCache } from 'lru-cache';
 import { QcowError, hex } from '../errors.js';
 import type { Header } from '../format/header.js';
 import { l2EntriesPerTable } from '../format/header.js';
-import { ClusterType, classifyExtended, classifyStandard, compressedDescriptor, standardOffset } from '../format/l2.js';
+import { COMPRESSED_HI, ClusterType, L1_OFFSET_HI_MASK, OFFSET_LO_MASK, ZERO_FLAG_LO, classifyExtended, classifyStandard, compressedDescriptor, standardOffset } from '../format/l2.js';
 import { type ImageFile, fileOffsetKey } from '../io/image-file.js';
 
 /** What a run of guest bytes is, as the L2 tables say. */
@@ -145,6 +145,21 @@ export class Qcow2Map implements GuestMap {
     let index = (guest - tableBase) / clusterSize;
     let nextHost = run.host + covered;
     let done = 0;
+    if (kind === RunKind.Data && !hasDataFile) {
+      // The common case, inlined (the loop runs cold, in the interpreter): an entry goes on with the run if
+      // it is neither compressed nor zero-flagged and holds the next host cluster, which must lie in the file.
+      const size = this.dataFile.size;
+      for (; done < length && index < l2Entries; index++) {
+        const hi = table.getUint32(index * 8);
+        const lo = table.getUint32(index * 8 + 4);
+        if (hi & COMPRESSED_HI || lo & ZERO_FLAG_LO) break;
+        if ((hi & L1_OFFSET_HI_MASK) !== Math.floor(nextHost / 0x1_0000_0000) || (lo & OFFSET_LO_MASK) >>> 0 !== nextHost % 0x1_0000_0000) break;
+        if (nextHost >= size) this.hostCluster(hi, lo, tableBase + index * clusterSize, true); // throws, naming it
+        nextHost += clusterSize;
+        done += Math.min(clusterSize, length - done);
+      }
+      return done;
+    }
     for (; done < length && index < l2Entries; index++) {
       const hi = table.getUint32(index * 8);
       const lo = table.getUint32(index * 8 + 4);
