@@ -5,11 +5,12 @@ import { findMount, pidFileAlive, pidFilePath, readPidFile, resolveMountPoint, u
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Polls every 10 ms: a daemon exits a few ms after its unmount, and the command waits for it. */
 async function waitForExit(isAlive: () => boolean, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
   while (isAlive()) {
     if (Date.now() >= deadline) return false;
-    await sleep(50);
+    await sleep(10);
   }
   return true;
 }
