@@ -10,8 +10,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nativeFuseAvailable } from '../src/mount/fuse3-native.js';
-import { fixturePath, fixturesReady, loadManifest } from '../test/support/fixtures.js';
+import { fixturePath, fixturesReady, loadManifest, repoRoot } from '../test/support/fixtures.js';
 import { loadPartitionManifest, partitionFixture, partitionFixturesReady } from '../test/support/partition-fixtures.js';
+import { buildAddonVariant } from '../test/support/native-build.js';
 import { IN_CI, toolsAvailable } from '../test/support/tools.js';
 import { Scratch, ensureBuilt, mountsUnder } from './mount-support.js';
 
@@ -111,6 +112,27 @@ describe.skipIf(!ready)('-o direct_io (native back-end)', () => {
       scratch.unmount(plain);
     }
   });
+
+  it('an addon built without liburing (fuse-uring-none.c) still asks for shared mappings', () => {
+    // A copy of the package whose native/ is that build: its commands load their addons from there.
+    const pkg = path.join(scratch.root, 'package-no-liburing');
+    const release = buildAddonVariant(path.join(pkg, 'native'), { have_liburing: 0 });
+    expect(execFileSync('nm', ['-D', path.join(release, 'qcow_fuse3.node')], { encoding: 'utf8' })).not.toMatch(/io_uring/);
+    fs.cpSync(path.join(repoRoot, 'dist'), path.join(pkg, 'dist'), { recursive: true });
+    fs.copyFileSync(path.join(repoRoot, 'package.json'), path.join(pkg, 'package.json'));
+    fs.symlinkSync(path.join(repoRoot, 'node_modules'), path.join(pkg, 'node_modules'));
+    const fx = loadManifest().images.find((i) => i.name === 'v3-c64k')!;
+    const mnt = scratch.mountPoint('no-liburing');
+    const r = spawnSync(path.join(pkg, 'dist/cli/qcow-mount.js'), ['-o', 'fuse=native,direct_io', fixturePath(fx.image), mnt], { env: scratch.env(), encoding: 'utf8', timeout: 90_000 });
+    expect(r.status, r.stderr).toBe(0);
+    try {
+      const probe = ['import mmap, os, sys, hashlib', 'fd = os.open(sys.argv[1], os.O_RDONLY)', 'print(hashlib.sha256(mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)[:]).hexdigest())'].join('\n');
+      const view = fx.views.find((v) => v.view === 'active')!;
+      expect(execFileSync('python3', ['-c', probe, path.join(mnt, 'active.raw')], { encoding: 'utf8' }).trim()).toBe(sha(oracleBytes(view.oracle!, view.size)));
+    } finally {
+      scratch.unmount(mnt);
+    }
+  }, 180_000);
 
   it('the compat back-end refuses it in one line, and nothing is mounted', () => {
     const fx = loadManifest().images.find((i) => i.name === 'v3-c64k')!;

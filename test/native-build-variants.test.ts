@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { repoRoot } from './support/fixtures.js';
+import { buildAddonVariant } from './support/native-build.js';
 import { IN_CI, toolsAvailable } from './support/tools.js';
 
 const ready = toolsAvailable('pkg-config', 'make', 'cc', 'nm') && spawnSync('pkg-config', ['--exists', 'fuse3']).status === 0;
@@ -20,19 +20,8 @@ afterAll(() => {
 
 describe.runIf(ready || IN_CI)('native addon build variants', () => {
   it('builds without liburing (have_liburing=0): no io_uring symbol, the same N-API module', () => {
-    // node-gyp as native/build.sh finds it: the one npm bundles.
-    const prefix = execFileSync('npm', ['prefix', '-g'], { encoding: 'utf8' }).trim();
-    const nodeGyp = path.join(prefix, 'lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js');
-    expect(fs.existsSync(nodeGyp), nodeGyp).toBe(true);
     scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'qcow-native-build-'));
-    fs.cpSync(path.join(repoRoot, 'native/src'), path.join(scratch, 'src'), { recursive: true });
-    fs.copyFileSync(path.join(repoRoot, 'native/binding.gyp'), path.join(scratch, 'binding.gyp'));
-    const nodedir = path.dirname(path.dirname(process.execPath));
-    const args = [nodeGyp, 'rebuild', ...(fs.existsSync(path.join(nodedir, 'include/node/node_api.h')) ? [`--nodedir=${nodedir}`] : []), '--', '-Dhave_liburing=0'];
-    const r = spawnSync(process.execPath, args, { cwd: scratch, encoding: 'utf8', timeout: 170_000 });
-    expect(r.status, r.stderr.slice(-2000)).toBe(0);
-    expect(`${r.stdout}${r.stderr}`).not.toMatch(/warning:/);
-    const addon = path.join(scratch, 'build/Release/qcow_fuse3.node');
+    const addon = path.join(buildAddonVariant(scratch, { have_liburing: 0 }), 'qcow_fuse3.node');
     const symbols = execFileSync('nm', ['-D', addon], { encoding: 'utf8' });
     expect(symbols).not.toMatch(/io_uring/);
     expect(symbols).toMatch(/napi_register_module_v1/);

@@ -5,6 +5,7 @@
 #define FUSE_USE_VERSION 314
 #define _GNU_SOURCE
 #include "fuse-uring.h"
+#include "fuse-init.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -64,9 +65,9 @@ typedef struct queue {
 struct fuse_uring {
   struct fuse_session *se;
   int fd;
-  uint64_t init_unique;
+  fuse_init_offer_t init;
   int offered, negotiated, started;
-  uint32_t offered2, wanted2; /* the INIT offer's flags2; other flags2 bits to ask for when offered */
+  uint32_t wanted2; /* other flags2 bits to ask for where offered */
   unsigned nq, entries;
   int placement, setup;
   size_t payload;
@@ -82,14 +83,11 @@ static _Thread_local fuse_uring_ent_t *tl_cur;
 
 static ssize_t hook_read(int fd, void *buf, size_t len, void *ud) {
   ssize_t n = read(fd, buf, len);
-  const struct fuse_in_header *ih = buf;
   fuse_uring_t *u = of_ud(ud);
-  if (u && n >= (ssize_t)(sizeof *ih + sizeof(struct fuse_init_in)) && ih->opcode == FUSE_INIT) {
-    const struct fuse_init_in *ii = (const void *)(ih + 1);
-    u->init_unique = ih->unique;
+  if (u) {
+    fuse_init_note(&u->init, buf, n);
     /* The kernel offers it only while enable_uring is Y: the flag itself is the probe. */
-    u->offered2 = (ii->flags & FUSE_INIT_EXT) ? ii->flags2 : 0;
-    u->offered = (u->offered2 & URING_FLAG2) != 0;
+    u->offered = (u->init.offered2 & URING_FLAG2) != 0;
   }
   return n;
 }
@@ -121,12 +119,7 @@ static ssize_t hook_writev(int fd, struct iovec *iov, int count, void *ud) {
   fuse_uring_ent_t *e = tl_cur;
   if (u && e && iov[0].iov_len >= sizeof *oh && oh->unique == e->unique) return fill_entry(u, e, iov, count);
   const int ring = u && u->negotiated && !u->started;
-  const uint32_t extra2 = u ? u->wanted2 & u->offered2 : 0;
-  if ((ring || extra2) && oh->unique == u->init_unique && count > 1 && oh->error == 0 &&
-      iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + sizeof(uint32_t)) {
-    struct fuse_init_out *o = iov[1].iov_base;
-    o->flags |= FUSE_INIT_EXT;
-    o->flags2 |= extra2 | (ring ? URING_FLAG2 : 0);
+  if (u && fuse_init_reply_add(&u->init, iov, count, u->wanted2 | (ring ? URING_FLAG2 : 0))) {
     ssize_t r = writev(fd, iov, count);
     if (r >= 0 && ring) start_queues(u);
     return r;

@@ -25,7 +25,8 @@ typedef struct fuse_uring fuse_uring_t;
 typedef struct fuse_uring_ent fuse_uring_ent_t;
 
 /* Installs the custom I/O hooks on a mounted session (call before its loop starts). The hooks get
- * the session's userdata; `of_userdata` finds this object from it. NULL with *why set on failure. */
+ * the session's userdata; `of_userdata` finds this object from it. NULL with *why set on failure.
+ * A build without liburing (fuse-uring-none.c) installs them too, for the INIT reply (fuse-init.h). */
 fuse_uring_t *fuse_uring_install(struct fuse_session *se, fuse_uring_t *(*of_userdata)(void *), const char **why);
 
 /* Also ask, in the INIT reply, for these flags2 bits (protocol flags 32-63) where the kernel offers them:

@@ -1085,7 +1085,8 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
     if (s->uring) fuse_uring_set_placement(s->uring, s->uring_placement);
     if (s->uring) fuse_uring_set_setup(s->uring, (int)get_num(env, o, "uringSetup", 0));
     /* Direct-I/O files may still be mapped MAP_SHARED (the kernel keeps those pages coherent itself
-     * when the server says so); without the hooks, or on a kernel that does not offer it, ENODEV. */
+     * when the server says so, in the INIT reply the hooks amend, with or without liburing); on a
+     * kernel that does not offer it, ENODEV. */
     if (s->uring && s->direct_io) fuse_uring_want_flags2(s->uring, DIRECT_IO_ALLOW_MMAP_FLAG2);
   }
   if (!problem) {
