@@ -17,7 +17,9 @@ export interface CachedBlock {
  */
 export class BlockCache {
   readonly maxBlocks: number;
-  private readonly blocks = new Map<string, CachedBlock>();
+  private readonly blocks = new Map<number, CachedBlock>();
+  /** Small dense numbers for the files this cache serves (key = index * 2^16 + slot, a plain number). */
+  private readonly slots = new Map<number, number>();
   private readonly spare: CachedBlock[] = [];
   /** Blocks ever allocated (their buffers live as long as the cache). */
   private allocated = 0;
@@ -41,7 +43,7 @@ export class BlockCache {
 
   /** The block if cached (ready, or pending a fetch), marked most recently used. */
   get(file: number, index: number): CachedBlock | undefined {
-    const key = keyOf(file, index);
+    const key = this.keyOf(file, index);
     const block = this.blocks.get(key);
     if (block) {
       this.blocks.delete(key);
@@ -51,7 +53,7 @@ export class BlockCache {
   }
 
   has(file: number, index: number): boolean {
-    return this.blocks.has(keyOf(file, index));
+    return this.blocks.has(this.keyOf(file, index));
   }
 
   /**
@@ -70,13 +72,13 @@ export class BlockCache {
     block.file = file;
     block.index = index;
     Atomics.store(block.state, 0, SLOT.PENDING);
-    this.blocks.set(keyOf(file, index), block);
+    this.blocks.set(this.keyOf(file, index), block);
     return block;
   }
 
   /** Forgets a block (a failed fetch): its buffer is reused once the worker is done with it. */
   drop(block: CachedBlock): void {
-    const key = keyOf(block.file, block.index);
+    const key = this.keyOf(block.file, block.index);
     if (this.blocks.get(key) !== block) return;
     this.blocks.delete(key);
     if (Atomics.load(block.state, 0) !== SLOT.PENDING) this.spare.push(block);
@@ -102,8 +104,18 @@ export class BlockCache {
     }
     return undefined;
   }
-}
 
-function keyOf(file: number, index: number): string {
-  return `${file}:${index}`;
+  /**
+   * A number, not a string (no allocation or hashing per lookup: a sequential reader's read-ahead looks
+   * up each block of its window on every read). Exact while index < 2^37 (512 TiB in 4 KiB blocks).
+   */
+  private keyOf(file: number, index: number): number {
+    let slot = this.slots.get(file);
+    if (slot === undefined) {
+      slot = this.slots.size;
+      if (slot >= 0x10000) throw new Error('a block cache serves at most 65536 files');
+      this.slots.set(file, slot);
+    }
+    return index * 0x10000 + slot;
+  }
 }

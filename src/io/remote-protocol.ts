@@ -131,6 +131,13 @@ const decoder = new TextDecoder();
 /** Sets a control word (with its message) and wakes whoever waits on it. */
 export function settle(control: SharedArrayBuffer, state: number, message = ''): void {
   const words = new Int32Array(control, 0, 2);
+  if (message === '') {
+    // The common case (a block in): no encoding, no view of the message area.
+    words[1] = 0;
+    Atomics.store(words, 0, state);
+    Atomics.notify(words, 0);
+    return;
+  }
   const bytes = encoder.encode(message).subarray(0, CONTROL_MESSAGE_MAX);
   new Uint8Array(control, CONTROL_HEADER, CONTROL_MESSAGE_MAX).set(bytes);
   words[1] = bytes.length;

@@ -338,11 +338,13 @@ async function fetchFast(obj: RemoteObject, client: RangeClient, blocks: FetchBl
   Atomics.add(obj.stats, STAT.REQUESTS, 1n);
   let i = first;
   let filled = 0;
+  // Counted once per request, not per read of the socket (a BigInt each).
+  let got = 0;
   const target: BodyTarget = {
     length: end - start,
     room: () => new Uint8Array(blocks[i].data, filled, blocks[i].length - filled),
     wrote(n) {
-      Atomics.add(obj.stats, STAT.BYTES, BigInt(n));
+      got += n;
       filled += n;
       if (filled === blocks[i].length) {
         settle(blocks[i].control, SLOT.READY);
@@ -359,6 +361,8 @@ async function fetchFast(obj: RemoteObject, client: RangeClient, blocks: FetchBl
     return i;
   } catch (err) {
     throw Object.assign(err as Error, { progress: i });
+  } finally {
+    Atomics.add(obj.stats, STAT.BYTES, BigInt(got));
   }
 }
 

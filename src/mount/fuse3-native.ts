@@ -166,6 +166,8 @@ export interface NativeMount {
 
 /** The largest JS reply: a request is never bigger than max_write. */
 const JS_BUFFER_BYTES = 1024 * 1024;
+/** Reply buffers kept for reuse (reads through JS at once beyond this allocate and drop their own). */
+const MAX_SPARE_REPLY_BUFFERS = 8;
 
 /**
  * Mounts `tree` at `mountPoint` with the native back-end. Resolves once FUSE INIT has been answered
@@ -213,26 +215,25 @@ export async function mountNative(mountPoint: string, tree: MountTree, options: 
   let endedDone: (() => void) | undefined;
   const ended = new Promise<void>((resolve) => (endedDone = resolve));
   const init = new Promise<number>((resolve) => (initDone = resolve));
-  // One reply buffer serves every read answered at once (the compat read op answers synchronously).
-  const shared = Buffer.alloc(JS_BUFFER_BYTES);
-  let sharedBusy = false;
+  // Reply buffers are reused: reads answered later (remote ones, several at once) each hold one, and a
+  // fresh 1 MiB buffer per read costs its zeroing and page faults (most of a remote read's own CPU time
+  // on a first pass). At most MAX_SPARE_REPLY_BUFFERS are kept.
+  const spareBuffers: Buffer[] = [];
   const publishers: Publisher[] = mappers.map((_, view) => (first, entries, slot, zlibLengths) => a.publish(session, view, first, entries, slot, zlibLengths));
 
   const onRead = (id: number, ino: number, pos: number, len: number) => {
     const node = byIno[ino];
-    const buffer = sharedBusy ? Buffer.alloc(Math.min(len, JS_BUFFER_BYTES)) : shared;
-    const usesShared = buffer === shared;
-    if (usesShared) sharedBusy = true;
+    const buffer = spareBuffers.pop() ?? Buffer.alloc(JS_BUFFER_BYTES);
     let answered = false;
     const answer = (result: number) => {
       if (answered) return;
       answered = true;
-      if (usesShared) sharedBusy = false;
       try {
         a.reply(session, id, result > 0 ? buffer : null, result);
       } catch {
         // the session was destroyed meanwhile: nobody waits for this answer
       }
+      if (spareBuffers.length < MAX_SPARE_REPLY_BUFFERS) spareBuffers.push(buffer);
     };
     if (!node || len > buffer.length) return answer(-5);
     const into = buffer.subarray(0, len);
