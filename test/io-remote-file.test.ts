@@ -101,24 +101,6 @@ describe.runIf(haveNginx)('remote file over nginx', () => {
     }
   });
 
-  it('drops behind a reader of pieces that are not whole blocks: the cache stays near the window', () => {
-    // FUSE reads 992 KiB pieces; here 100000 bytes over 64 KiB blocks. Each read leaves a block read in
-    // part behind it; kept, those grew the cache into fresh memory (~100 MiB of a 256 MiB image).
-    const f = RemoteFile.open(`${ng.url}/blob.bin`, { cacheSize: 64 * 1024 * 1024, blockSize: 64 * 1024, readAheadMax: 1024 * 1024 });
-    try {
-      const got = Buffer.alloc(data.length);
-      const step = 100_000;
-      for (let p = 0; p < data.length; p += step) f.readAt(got, p, Math.min(step, data.length - p), p, 'sequential');
-      expect(got.equals(data)).toBe(true);
-      const stats = f.remoteStats();
-      // Nothing fetched twice, and the cache no bigger than the window, two reads and a request.
-      expect(stats.bytesFetched).toBe(data.length);
-      expect(stats.cacheBytes).toBeLessThanOrEqual(3 * 1024 * 1024);
-    } finally {
-      f.close();
-    }
-  });
-
   it('readWithoutWaiting: many reads at once in a small cache, each the file\'s bytes', async () => {
     // 16 blocks of 64 KiB: 24 reads of up to 256 KiB at once overfill it, so some wait for others' blocks.
     const f = RemoteFile.open(`${ng.url}/blob.bin`, { cacheSize: 1024 * 1024, blockSize: 64 * 1024 });

@@ -187,8 +187,7 @@ export class RemoteFile implements ImageFile {
       const first = Math.floor(position / bs);
       const last = Math.floor((position + inFile - 1) / bs);
       this.fetchMissing(first, last, true);
-      const stream = METADATA.test(what) ? undefined : this.readAhead(position, inFile, last);
-      const streaming = stream !== undefined;
+      const streaming = !METADATA.test(what) && this.readAhead(position, inFile, last);
       if (waiting) this.leaveIfPending(first, last, what, position);
       for (let index = first; index <= last; index++) {
         const block = this.cache.get(this.id, index) ?? this.fetchOne(index);
@@ -206,24 +205,8 @@ export class RemoteFile implements ImageFile {
         // by that read (reads run at once under readWithoutWaiting), and refetching it costs a round trip.
         if (streaming && from === blockStart && to === blockStart + bs) this.cache.drop(block);
       }
-      if (stream) this.dropBehind(stream, position - inFile);
     }
     if (inFile < length) into.fill(0, offset + Math.max(0, inFile), offset + length);
-  }
-
-  /**
-   * Drop-behind of the blocks a reader left partly read (its reads need not fall on block boundaries):
-   * those ending more than one read behind it are not waited for by a read still in flight (the kernel
-   * reorders by one read at most), so their buffers go to the next blocks ahead instead of the cache
-   * growing into fresh memory (256 MiB read in 992 KiB requests left ~100 MiB of such blocks).
-   */
-  private dropBehind(stream: Stream, before: number): void {
-    const end = Math.floor(before / this.blockSize);
-    for (let index = Math.max(stream.behind, end - MAX_DROP_BEHIND); index < end; index++) {
-      const block = this.cache.get(this.id, index);
-      if (block && Atomics.load(block.state, 0) !== SLOT.PENDING) this.cache.drop(block);
-    }
-    stream.behind = Math.max(stream.behind, end);
   }
 
   /** Reads a metadata structure that must lie wholly inside the file. */
@@ -381,9 +364,9 @@ export class RemoteFile implements ImageFile {
    * A read that starts where one of the recent ones ended (give or take a block: the kernel reorders a
    * little) extends that reader's window of blocks fetched ahead, doubling up to readAheadMax; requests
    * go out in MAX_REQUEST_BYTES pieces so that several are in flight. The same read again (a retry
-   * under readWithoutWaiting) changes nothing. The reader's stream while it is sequential.
+   * under readWithoutWaiting) changes nothing. True while the reader is sequential.
    */
-  private readAhead(position: number, length: number, lastBlock: number): Stream | undefined {
+  private readAhead(position: number, length: number, lastBlock: number): boolean {
     const bs = this.blockSize;
     const readEnd = position + length;
     // Forward by up to one read: the kernel's readahead requests overtake each other.
@@ -391,11 +374,11 @@ export class RemoteFile implements ImageFile {
     let stream = this.streams.find((x) => (x.start === position && x.end === readEnd) || (position >= x.end - bs && position <= x.end + slack));
     if (stream) {
       this.streams.splice(this.streams.indexOf(stream), 1);
-      if (stream.start !== position || stream.end !== readEnd) stream = { ...stream, start: position, end: readEnd, streak: stream.streak + 1 };
-    } else stream = { start: position, end: readEnd, streak: 0, behind: Math.floor(position / bs) };
+      if (stream.start !== position || stream.end !== readEnd) stream = { start: position, end: readEnd, streak: stream.streak + 1 };
+    } else stream = { start: position, end: readEnd, streak: 0 };
     this.streams.unshift(stream);
     if (this.streams.length > MAX_STREAMS) this.streams.pop();
-    if (stream.streak < 2) return undefined;
+    if (stream.streak < 2) return false;
     // Readers at once share the read-ahead budget, so pending blocks never fill the cache (streams
     // within one window of each other are one reader's requests seen out of order).
     const readers = 1 + this.streams.filter((x) => x !== stream && x.streak >= 2 && Math.abs(x.end - readEnd) > this.readAheadMax).length;
@@ -408,11 +391,11 @@ export class RemoteFile implements ImageFile {
     // Top up only when a worthwhile piece of the window is missing, not one block per read.
     let firstMissing = lastBlock + 1;
     while (firstMissing <= end && this.cache.has(this.id, firstMissing)) firstMissing++;
-    if (firstMissing > end) return stream;
+    if (firstMissing > end) return true;
     const worthwhile = Math.min(Math.floor(MAX_REQUEST_BYTES / bs), Math.max(1, Math.floor(window / bs / 2)));
-    if (end - firstMissing + 1 < worthwhile && end !== lastInFile) return stream;
+    if (end - firstMissing + 1 < worthwhile && end !== lastInFile) return true;
     this.readAheadBlocks += this.fetchMissing(firstMissing, end, false);
-    return stream;
+    return true;
   }
 
   /** Waits for a block to settle; a failure is EIO (and a changed object fails every later read too). */
@@ -441,12 +424,7 @@ interface Stream {
   end: number;
   /** Reads in a row that followed on. */
   streak: number;
-  /** Blocks below this one were dropped behind the reader already. */
-  behind: number;
 }
-
-/** Blocks looked at per read for drop-behind at most (a reader that jumped ahead within its slack). */
-const MAX_DROP_BEHIND = 64;
 
 /** Set while readWithoutWaiting runs a read: when it began, and whether this is a second try. */
 let waiting: { since: number; again: boolean } | undefined;
