@@ -186,37 +186,34 @@ describe('package files in the unbundled layouts', () => {
   });
 });
 
-/** Runs a command with a hook that lists, at exit, the native addons the process loaded. */
-function addonsLoaded(cmd: string, args: string[]): { r: SpawnSyncReturns<string>; addons: string[] } {
-  const hook = path.join(tmp, 'addons-hook.mjs');
-  const list = path.join(tmp, `addons-${process.hrtime.bigint()}.json`);
+/**
+ * Runs a command with a hook that lists, at exit, what the process loaded: its native addons (file
+ * names) and Node's built-in modules.
+ */
+function loadedAtExit(cmd: string, args: string[]): { r: SpawnSyncReturns<string>; addons: string[]; builtins: string[] } {
+  const hook = path.join(tmp, 'loaded-hook.cjs');
+  const list = path.join(tmp, `loaded-${process.hrtime.bigint()}.json`);
   fs.writeFileSync(
     hook,
-    "import fs from 'node:fs';\nprocess.on('exit', () => fs.writeFileSync(process.env.ADDONS_OUT, JSON.stringify(process.report.getReport().sharedObjects.filter((s) => s.endsWith('.node')))));\n",
+    "process.on('exit', () => require('fs').writeFileSync(process.env.LOADED_OUT, JSON.stringify({ shared: process.report.getReport().sharedObjects, modules: process.moduleLoadList })));\n",
   );
-  const r = spawnSync(process.execPath, ['--import', hook, bin(cmd), ...args], { encoding: 'utf8', env: { ...process.env, ADDONS_OUT: list }, timeout: 60_000 });
-  const addons = fs.existsSync(list) ? (JSON.parse(fs.readFileSync(list, 'utf8')) as string[]).map((p) => path.basename(p)) : [];
-  return { r, addons };
-}
-
-/** Runs a command with a hook that lists, at exit, the Node built-ins the process loaded. */
-function builtinsLoaded(cmd: string, args: string[]): { r: SpawnSyncReturns<string>; builtins: string[] } {
-  const hook = path.join(tmp, 'builtins-hook.cjs');
-  const list = path.join(tmp, `builtins-${process.hrtime.bigint()}.json`);
-  fs.writeFileSync(hook, "process.on('exit', () => require('fs').writeFileSync(process.env.BUILTINS_OUT, JSON.stringify(process.moduleLoadList)));\n");
-  const r = spawnSync(process.execPath, ['-r', hook, bin(cmd), ...args], { encoding: 'utf8', env: { ...process.env, BUILTINS_OUT: list }, timeout: 60_000 });
-  const loaded = fs.existsSync(list) ? (JSON.parse(fs.readFileSync(list, 'utf8')) as string[]) : [];
-  return { r, builtins: loaded.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice('NativeModule '.length)) };
+  const r = spawnSync(process.execPath, ['-r', hook, bin(cmd), ...args], { encoding: 'utf8', env: { ...process.env, LOADED_OUT: list }, timeout: 60_000 });
+  const loaded = fs.existsSync(list) ? (JSON.parse(fs.readFileSync(list, 'utf8')) as { shared: string[]; modules: string[] }) : { shared: [], modules: [] };
+  return {
+    r,
+    addons: loaded.shared.filter((s) => s.endsWith('.node')).map((s) => path.basename(s)),
+    builtins: loaded.modules.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice('NativeModule '.length)),
+  };
 }
 
 describe.skipIf(!manifest)('built-ins loaded where they are used (src/lazy-builtins.ts)', () => {
   it('a plain export loads neither crypto, zlib nor worker threads; --hash loads crypto', () => {
     const f = plain();
-    const { r, builtins } = builtinsLoaded('qcow-export', ['-q', fixturePath(f.image), path.join(tmp, 'lazy.raw')]);
+    const { r, builtins } = loadedAtExit('qcow-export', ['-q', fixturePath(f.image), path.join(tmp, 'lazy.raw')]);
     expect(r.status, r.stderr).toBe(0);
     expect(builtins).toContain('fs'); // the hook saw the run
     for (const m of ['crypto', 'zlib', 'worker_threads']) expect(builtins, m).not.toContain(m);
-    const hashed = builtinsLoaded('qcow-export', ['-q', '--hash', 'sha256', fixturePath(f.image), '/dev/null']);
+    const hashed = loadedAtExit('qcow-export', ['-q', '--hash', 'sha256', fixturePath(f.image), '/dev/null']);
     expect(hashed.r.status, hashed.r.stderr).toBe(0);
     expect(hashed.builtins).toContain('crypto');
   });
@@ -228,7 +225,7 @@ describe.skipIf(!manifest)('native addons from the bundle', () => {
     if (!built && process.env.CI === 'true') throw new Error('CI=true and the native addon is not built');
     const f = plain();
     const out = path.join(tmp, 'plain.raw');
-    const { r, addons } = addonsLoaded('qcow-export', ['-q', fixturePath(f.image), out]);
+    const { r, addons } = loadedAtExit('qcow-export', ['-q', fixturePath(f.image), out]);
     expect(r.status, r.stderr).toBe(0);
     expect(fs.readFileSync(out).equals(fs.readFileSync(oracle(f.name)))).toBe(true);
     if (built) expect(addons).toContain('qcow_copy.node');
@@ -236,7 +233,7 @@ describe.skipIf(!manifest)('native addons from the bundle', () => {
 
   it('qcow-mount --version and --help load no FUSE addon', () => {
     for (const args of [['--version'], ['--help']]) {
-      const { r, addons } = addonsLoaded('qcow-mount', args);
+      const { r, addons } = loadedAtExit('qcow-mount', args);
       expect(r.status, r.stderr).toBe(0);
       expect(addons.filter((a) => /fuse/.test(a)), args[0]).toEqual([]);
     }
