@@ -309,8 +309,10 @@ export async function runDaemon(config: DaemonConfig, hooks: DaemonHooks, logger
       }
     }
     // Give the FUSE thread a moment to see the session end, then go: exiting closes /dev/fuse anyway.
+    // The native back-end says when it has; the compat one is polled.
     const deadline = Date.now() + 2000;
-    while (sessionOpen() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    if (nativeEnded) await Promise.race([nativeEnded, new Promise((r) => setTimeout(r, 2000).unref())]);
+    else while (sessionOpen() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     finish(0, 'unmounted');
   };
 
